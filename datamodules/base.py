@@ -1,0 +1,106 @@
+"""Base LightningDataModule of the suite: data root, loader settings, seeding, DDP-exact evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from litseg.io import DataError
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Rank ``r`` of ``W`` takes samples ``r, r + W, r + 2W, ...``: no padding, no repeats.
+
+    Lightning's default ``DistributedSampler`` pads the dataset with repeated samples so that
+    every rank has equal batches, which counts those samples twice in a metric. Evaluation
+    metrics here are torchmetrics states synced at epoch end, so unequal per-rank lengths are
+    fine. Being a ``DistributedSampler`` subclass, Lightning keeps it instead of replacing it.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))  # type: ignore[arg-type]
+        self.total_size = len(dataset)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class EpochShuffleSampler(DistributedSampler):
+    """Training order shuffled from ``(seed, epoch)``; yields ``(index, epoch)`` keys.
+
+    The dataset receives the epoch with each index, so per-sample augmentation can be seeded
+    from ``(seed, epoch, index)``: the same with any worker count, rank count, or after a
+    resume from a checkpoint (Lightning calls ``set_epoch`` on it every epoch). Under DDP
+    each rank takes its shard, like Lightning's own distributed sampler.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        return ((index, self.epoch) for index in super().__iter__())
+
+
+class LitSegDataModule(LightningDataModule):
+    """Shared conventions for the five methods' data.
+
+    Args:
+        root: dataset root folder (a config value, e.g. ``--data.root PATH``).
+        batch_size: samples per batch for every split.
+        num_workers: DataLoader worker processes.
+        seed: seed of every data-side random choice (splits, augmentation), so the same
+            config and seed give the same data on any machine.
+    """
+
+    def __init__(self, root: str, batch_size: int = 8, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+
+    def check_root(self) -> None:
+        if not self.root.is_dir():
+            raise DataError(self.root, "data root not found (set --data.root)")
+
+    def make_loader(self, dataset: Dataset, shuffle: bool, collate_fn=None, drop_last: bool = False,
+                    batch_size: int | None = None, epoch_keys: bool = False) -> DataLoader:
+        """A DataLoader with the suite's sampling rules.
+
+        Evaluation loaders (``shuffle=False``) use :class:`UnpaddedDistributedSampler` under DDP so
+        each sample counts once. Training loaders with ``epoch_keys=True`` use
+        :class:`EpochShuffleSampler` (the dataset must accept ``(index, epoch)`` keys); other
+        training loaders get Lightning's distributed sampler under DDP.
+        """
+        sampler = None
+        if not shuffle and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            sampler = UnpaddedDistributedSampler(dataset, dist.get_world_size(), dist.get_rank())
+        elif shuffle and epoch_keys:
+            sampler, shuffle = EpochShuffleSampler(dataset, self.seed), False
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=collate_fn,
+            drop_last=drop_last,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+

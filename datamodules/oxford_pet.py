@@ -1,0 +1,279 @@
+"""Oxford-IIIT Pet (Parkhi et al., CVPR 2012) for the weak-label UNet study.
+
+Layout::
+
+    <root>/images/<Name>_<n>.jpg
+    <root>/annotations/trimaps/<Name>_<n>.png     # 1 = pet, 2 = background, 3 = border (ignored)
+    <root>/annotations/trainval.txt, test.txt     # optional official lists
+
+Label sets: ``binary`` (background, pet), ``species`` (background, cat, dog), ``breed``
+(background + the 37 breeds in the official class-id order). Trimap value 3 becomes the
+ignore index 255 in every target and in the metrics.
+
+Training batches carry every kind of target at once (dense mask, point / scribble
+labels, box pseudo-mask, image tags), so one DataModule serves every supervision kind;
+the LightningModule picks the ones its config asks for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.base import LitSegDataModule
+from litseg.imaging import IGNORE_INDEX, normalize
+from litseg.seeding import item_rng
+from litseg.io import DataError, check_same_size, index_by_stem, list_images, read_image, read_mask
+from weak_labels.format import ImageWeakLabels, check_size, load_weak_labels
+from weak_labels.render import flatten_keypoints, render_box_target, render_sparse_target, unflatten_keypoints
+
+# Official class ids 1..37 (annotations/list.txt order: case-insensitive alphabetical).
+BREEDS = (
+    "Abyssinian", "american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle", "Bengal",
+    "Birman", "Bombay", "boxer", "British_Shorthair", "chihuahua", "Egyptian_Mau", "english_cocker_spaniel",
+    "english_setter", "german_shorthaired", "great_pyrenees", "havanese", "japanese_chin", "keeshond",
+    "leonberger", "Maine_Coon", "miniature_pinscher", "newfoundland", "Persian", "pomeranian", "pug",
+    "Ragdoll", "Russian_Blue", "saint_bernard", "samoyed", "scottish_terrier", "shiba_inu", "Siamese",
+    "Sphynx", "staffordshire_bull_terrier", "wheaten_terrier", "yorkshire_terrier",
+)
+LabelSet = Literal["binary", "species", "breed"]
+
+
+def class_names(label_set: LabelSet) -> list[str]:
+    if label_set == "binary":
+        return ["background", "pet"]
+    if label_set == "species":
+        return ["background", "cat", "dog"]
+    return ["background", *BREEDS]
+
+
+@dataclass(frozen=True)
+class PetRecord:
+    stem: str
+    image: Path
+    trimap: Path
+    breed: str  # one of BREEDS
+    is_cat: bool  # Oxford convention: breed names of cats start upper case
+
+    def class_id(self, label_set: LabelSet) -> int:
+        if label_set == "binary":
+            return 1
+        if label_set == "species":
+            return 1 if self.is_cat else 2
+        return BREEDS.index(self.breed) + 1
+
+
+def breed_of(stem: str, path: Path) -> str:
+    name = stem.rsplit("_", 1)[0]
+    if name not in BREEDS:
+        raise DataError(path, f"unknown breed '{name}' (expected <Breed>_<n> with one of the 37 Oxford-IIIT breeds)")
+    return name
+
+
+def read_trimap_target(record: PetRecord, image_shape: tuple[int, ...], label_set: LabelSet) -> np.ndarray:
+    """Dense target: pet -> class id, background -> 0, border -> 255. Validates the trimap."""
+    trimap = read_mask(record.trimap)
+    check_same_size(np.empty(image_shape), trimap, record.trimap)
+    bad = ~np.isin(trimap, (1, 2, 3))
+    if bad.any():
+        values = sorted(set(np.unique(trimap[bad]).tolist()))[:5]
+        raise DataError(record.trimap, f"trimap values must be 1, 2 or 3; found {values}")
+    target = np.full(trimap.shape, IGNORE_INDEX, dtype=np.uint8)
+    target[trimap == 1] = record.class_id(label_set)
+    target[trimap == 2] = 0
+    return target
+
+
+def scan_pets(root: Path) -> list[PetRecord]:
+    """Every image with its trimap; an image without trimap is an error, never skipped."""
+    images = index_by_stem(list_images(root / "images"), root / "images")
+    trimap_dir = root / "annotations" / "trimaps"
+    if not trimap_dir.is_dir():
+        raise DataError(trimap_dir, "trimap folder not found")
+    records = []
+    for stem, img in images.items():
+        trimap = trimap_dir / f"{stem}.png"
+        if not trimap.is_file():
+            raise DataError(trimap, f"missing trimap for image {img.name}")
+        breed = breed_of(stem, img)
+        records.append(PetRecord(stem, img, trimap, breed, is_cat=breed[0].isupper()))
+    return records
+
+
+def split_stems(records: Sequence[PetRecord], root: Path, val_fraction: float, test_fraction: float,
+                seed: int) -> dict[str, list[str]]:
+    """Train / val / test stems.
+
+    With ``annotations/test.txt`` the test split is the official one and val is carved out of
+    trainval; without lists, a seeded split stratified by species. Each stem's position comes
+    from a hash of (seed, stem), so adding images never moves existing ones between splits.
+    """
+    def order(stems: list[str]) -> list[str]:
+        return sorted(stems, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+
+    known = {r.stem for r in records}
+    test_list = root / "annotations" / "test.txt"
+    if test_list.is_file():
+        listed = [ln.split()[0] for ln in test_list.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        test = [s for s in listed if s in known]
+        rest = [r for r in records if r.stem not in set(test)]
+        groups = [[r.stem for r in rest if r.is_cat], [r.stem for r in rest if not r.is_cat]]
+        fractions = {"val": val_fraction / max(1e-9, 1 - test_fraction) if test_fraction < 1 else 0.0}
+        splits = {"train": [], "val": [], "test": sorted(test)}
+        for g in groups:
+            g = order(g)
+            n_val = round(len(g) * min(1.0, fractions["val"]))
+            splits["val"] += g[:n_val]
+            splits["train"] += g[n_val:]
+    else:
+        splits = {"train": [], "val": [], "test": []}
+        for g in ([r.stem for r in records if r.is_cat], [r.stem for r in records if not r.is_cat]):
+            g = order(g)
+            n_val, n_test = round(len(g) * val_fraction), round(len(g) * test_fraction)
+            splits["val"] += g[:n_val]
+            splits["test"] += g[n_val:n_val + n_test]
+            splits["train"] += g[n_val + n_test:]
+    return {k: sorted(v) for k, v in splits.items()}
+
+
+class PetSegmentation(Dataset):
+    """One split. ``weak`` (train only) adds the sparse / box / tag targets."""
+
+    def __init__(self, records: Sequence[PetRecord], label_set: LabelSet, transform: A.Compose,
+                 num_classes: int, weak: dict[str, ImageWeakLabels] | None = None,
+                 point_radius: int = 2, scribble_width: int = 3, seed: int = 0) -> None:
+        self.records = list(records)
+        self.label_set = label_set
+        self.transform = transform
+        self.num_classes = num_classes
+        self.weak = weak
+        self.point_radius = point_radius
+        self.scribble_width = scribble_width
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        # Training keys are (index, epoch) from EpochSampler: augmentation is then a pure function
+        # of (seed, epoch, index), the same with any worker count and after resuming mid-run.
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        self.transform.set_random_seed(int(item_rng(self.seed, epoch, index).integers(2**31)))
+        rec = self.records[index]
+        image = read_image(rec.image)
+        dense = read_trimap_target(rec, image.shape, self.label_set)
+        cls = rec.class_id(self.label_set)
+        sample: dict[str, Any] = {"stem": rec.stem, "orig_size": torch.tensor(image.shape[:2])}
+        if self.weak is None:
+            out = self.transform(image=image, mask=dense, keypoints=np.zeros((0, 2), np.float32))
+        else:
+            labels = self.weak[rec.stem]
+            check_size(self.weak, rec.stem, image.shape[0], image.shape[1], rec.image)
+            boxes = render_box_target(image.shape[0], image.shape[1], labels.boxes, cls)
+            keypoints, layout = flatten_keypoints(labels.fg_points, labels.background_points,
+                                                  labels.fg_scribbles, labels.background_scribbles)
+            out = self.transform(image=image, mask=dense, masks=[boxes], keypoints=keypoints)
+            h, w = out["mask"].shape
+            kp = unflatten_keypoints(np.asarray(out["keypoints"]), layout)
+            size = {"point_radius": self.point_radius, "scribble_width": self.scribble_width, "fg_value": cls}
+            # Points and scribbles are rendered apart so combinations can weight them separately.
+            points = render_sparse_target(h, w, kp.fg_points, kp.bg_points, [], [], **size)
+            scribbles = render_sparse_target(h, w, [], [], kp.fg_scribbles, kp.bg_scribbles, **size)
+            tags = torch.zeros(self.num_classes - 1)
+            if labels.has_object:
+                tags[cls - 1] = 1.0
+            sample |= {
+                "points": torch.from_numpy(points).long(),
+                "scribbles": torch.from_numpy(scribbles).long(),
+                "boxes": torch.from_numpy(np.asarray(out["masks"][0])).long(),
+                "tags": tags,
+            }
+        sample["image"] = normalize(out["image"])
+        sample["mask"] = torch.from_numpy(np.asarray(out["mask"])).long()
+        return sample
+
+
+class OxfordPetDataModule(LitSegDataModule):
+    """Oxford-IIIT Pet with dense and weak targets.
+
+    Args:
+        root: dataset root (``images/``, ``annotations/trimaps/``).
+        label_set: ``binary``, ``species`` or ``breed``.
+        weak_labels: weak-label JSON made by ``python -m weak_labels`` (needed for weak supervision;
+            ``None`` trains and evaluates on dense masks only).
+        image_size: side of the square network input (divisible by 32).
+        augment: random resized crop + horizontal flip on training images; point and scribble
+            labels move with the image (they are keypoints, rendered after the transform).
+        val_fraction, test_fraction: split sizes when the official lists are absent.
+        point_radius, scribble_width: pixel size of rendered point / scribble labels at ``image_size``.
+    """
+
+    def __init__(self, root: str, label_set: LabelSet = "binary", weak_labels: str | None = None,
+                 image_size: int = 256, augment: bool = False, val_fraction: float = 0.2,
+                 test_fraction: float = 0.2, point_radius: int = 2, scribble_width: int = 3,
+                 batch_size: int = 8, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__(root, batch_size=batch_size, num_workers=num_workers, seed=seed)
+        if image_size % 32:
+            raise ValueError(f"image_size must be divisible by 32 (UNet strides), got {image_size}")
+        self.label_set = label_set
+        self.weak_labels = weak_labels
+        self.image_size = image_size
+        self.augment = augment
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.point_radius = point_radius
+        self.scribble_width = scribble_width
+        self.class_names = class_names(label_set)
+        self.num_classes = len(self.class_names)
+        self.splits: dict[str, list[str]] = {}
+        self.datasets: dict[str, PetSegmentation] = {}
+
+    def _transform(self, train: bool) -> A.Compose:
+        size = (self.image_size, self.image_size)
+        if train and self.augment:
+            ops = [A.RandomResizedCrop(size=size, scale=(0.5, 1.0)), A.HorizontalFlip(p=0.5)]
+        else:
+            ops = [A.Resize(*size)]
+        # remove_invisible=False: sparse labels are rendered after the transform and clipped there.
+        return A.Compose(ops, keypoint_params=A.KeypointParams(format="xy", remove_invisible=False), strict=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.check_root()
+        records = scan_pets(self.root)
+        self.splits = split_stems(records, self.root, self.val_fraction, self.test_fraction, self.seed)
+        by_stem = {r.stem: r for r in records}
+        for split, stems in self.splits.items():
+            if not stems:
+                raise DataError(self.root, f"the {split} split is empty ({len(records)} images found); "
+                                           "add images or change val_fraction / test_fraction")
+        weak = None
+        if self.weak_labels is not None:
+            weak = load_weak_labels(self.weak_labels, expected_stems=self.splits["train"])
+        common = {"label_set": self.label_set, "num_classes": self.num_classes,
+                  "point_radius": self.point_radius, "scribble_width": self.scribble_width, "seed": self.seed}
+        for split, stems in self.splits.items():
+            train = split == "train"
+            self.datasets[split] = PetSegmentation([by_stem[s] for s in stems], transform=self._transform(train),
+                                                   weak=weak if train else None, **common)
+
+    def train_dataloader(self):
+        return self.make_loader(self.datasets["train"], shuffle=True, epoch_keys=True)
+
+    def val_dataloader(self):
+        return self.make_loader(self.datasets["val"], shuffle=False)
+
+    def test_dataloader(self):
+        return self.make_loader(self.datasets["test"], shuffle=False)
+
+    def predict_dataloader(self):
+        return self.make_loader(self.datasets["test"], shuffle=False)

@@ -1,0 +1,70 @@
+"""Evaluate a method on a split and write its results table (and optionally its predictions).
+
+    python evaluate.py --config configs/weak_unet/points.yaml --ckpt_path runs/.../best.ckpt \
+        [--split test|val] [--output_dir results/points] [--save_predictions results/points/pred]
+
+The model, data and trainer come from the same config files as training (any key can be
+overridden, e.g. ``--data.init_args.root PATH``). The checkpoint is loaded weights-only
+(``torch.load(weights_only=True)``). The test loop runs under Lightning (progress bar, DDP,
+loggers); the method then writes its tables / plots into ``--output_dir``; with a
+``WandbLogger`` the results table is logged to the run as well.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch.loggers import WandbLogger
+
+from litseg.checkpoint import load_weights
+from litseg.cli import LitSegCLI
+from litseg.io import write_png
+
+
+class EvaluateCLI(LitSegCLI):
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="checkpoint to evaluate (weights only); methods without weights need none")
+        parser.add_argument("--split", type=Literal["val", "test"], default="test")
+        parser.add_argument("--output_dir", type=str, default="results", help="where tables and plots go")
+        parser.add_argument("--save_predictions", type=str | None, default=None,
+                            help="also write predicted label maps as <stem>.png into this folder")
+
+
+def evaluate(args: list[str] | None = None) -> list[dict[str, Any]]:
+    cli = EvaluateCLI(args=args, run=False)
+    cfg, model, dm, trainer = cli.config, cli.model, cli.datamodule, cli.trainer
+    if cfg.ckpt_path:
+        load_weights(model, cfg.ckpt_path, key="state_dict")
+    if cfg.split == "val":
+        # Run the validation split through the test loop so the method's test hooks fill its results.
+        dm.test_dataloader = dm.val_dataloader
+        dm.predict_dataloader = dm.val_dataloader
+    trainer.test(model, datamodule=dm)
+    output_dir = Path(cfg.output_dir)
+    rows: list[dict[str, Any]] = []
+    if trainer.is_global_zero:
+        rows = model.write_evaluation(output_dir)
+        if isinstance(trainer.logger, WandbLogger):
+            columns = list(rows[0])
+            trainer.logger.log_table(key=f"{cfg.split}/results", columns=columns,
+                                     data=[[r.get(c) for c in columns] for r in rows])
+        print((output_dir / "results.md").read_text() if (output_dir / "results.md").is_file() else rows)
+    if cfg.save_predictions:
+        save_predictions(trainer.predict(model, datamodule=dm), Path(cfg.save_predictions))
+    return rows
+
+
+def save_predictions(outputs: list[dict[str, Any]], folder: Path) -> int:
+    """Write every ``{"stem": [...], "pred": [H x W uint8, ...]}`` batch as ``<stem>.png``."""
+    count = 0
+    for batch in outputs:
+        for stem, pred in zip(batch["stem"], batch["pred"], strict=True):
+            write_png(folder / f"{stem}.png", pred.numpy())
+            count += 1
+    return count
+
+
+if __name__ == "__main__":
+    evaluate()

@@ -1,0 +1,6 @@
+"""Every method's LightningModule (importing this registers them with the CLI)."""
+
+from lit_modules.base import LitSegModule
+from lit_modules.weak_unet import WeakLabelUNet
+
+__all__ = ["LitSegModule", "WeakLabelUNet"]
