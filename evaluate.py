@@ -15,11 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning.pytorch.loggers import WandbLogger
-
 from litseg.checkpoint import load_weights
 from litseg.cli import LitSegCLI
-from litseg.io import write_png
+from litseg.io import markdown_table, write_png
 
 
 class EvaluateCLI(LitSegCLI):
@@ -45,12 +43,8 @@ def evaluate(args: list[str] | None = None) -> list[dict[str, Any]]:
     output_dir = Path(cfg.output_dir)
     rows: list[dict[str, Any]] = []
     if trainer.is_global_zero:
-        rows = model.write_evaluation(output_dir)
-        if isinstance(trainer.logger, WandbLogger):
-            columns = list(rows[0])
-            trainer.logger.log_table(key=f"{cfg.split}/results", columns=columns,
-                                     data=[[r.get(c) for c in columns] for r in rows])
-        print((output_dir / "results.md").read_text() if (output_dir / "results.md").is_file() else rows)
+        rows = model.write_evaluation(output_dir)  # also logs the table and figures to W&B
+        print(markdown_table(rows))
     if cfg.save_predictions:
         save_predictions(trainer.predict(model, datamodule=dm), Path(cfg.save_predictions))
     return rows

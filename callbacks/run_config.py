@@ -46,9 +46,15 @@ class RunConfigSaver(SaveConfigCallback):
         kwargs["save_to_log_dir"] = False  # we choose the directory ourselves
         super().__init__(*args, **kwargs)
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # trainer.log_dir broadcasts from rank 0, so every rank must ask for it here; asking on
+        # rank 0 alone (inside save_config) would deadlock DDP.
+        self._run_dir = run_directory(trainer)
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         config = redact(yaml.safe_load(self.parser.dump(self.config, skip_none=False)))
-        path = run_directory(trainer) / self.config_filename
+        path = self._run_dir / self.config_filename
         with atomic_path(path) as tmp:
             tmp.write_text(yaml.safe_dump(config, sort_keys=False))
         if isinstance(trainer.logger, WandbLogger):

@@ -43,10 +43,8 @@ class EpochShuffleSampler(DistributedSampler):
     each rank takes its shard, like Lightning's own distributed sampler.
     """
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        distributed = dist.is_available() and dist.is_initialized()
-        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
-        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         return ((index, self.epoch) for index in super().__iter__())
@@ -76,6 +74,14 @@ class LitSegDataModule(LightningDataModule):
         if not self.root.is_dir():
             raise DataError(self.root, "data root not found (set --data.root)")
 
+    def world(self) -> tuple[int, int]:
+        """(number of processes, this process's global rank) of the attached trainer."""
+        if self.trainer is not None:
+            return self.trainer.world_size, self.trainer.global_rank
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
+
     def make_loader(self, dataset: Dataset, shuffle: bool, collate_fn=None, drop_last: bool = False,
                     batch_size: int | None = None, epoch_keys: bool = False) -> DataLoader:
         """A DataLoader with the suite's sampling rules.
@@ -86,10 +92,11 @@ class LitSegDataModule(LightningDataModule):
         training loaders get Lightning's distributed sampler under DDP.
         """
         sampler = None
-        if not shuffle and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            sampler = UnpaddedDistributedSampler(dataset, dist.get_world_size(), dist.get_rank())
+        world, rank = self.world()
+        if not shuffle and world > 1:
+            sampler = UnpaddedDistributedSampler(dataset, world, rank)
         elif shuffle and epoch_keys:
-            sampler, shuffle = EpochShuffleSampler(dataset, self.seed), False
+            sampler, shuffle = EpochShuffleSampler(dataset, self.seed, world, rank), False
         return DataLoader(
             dataset,
             batch_size=batch_size or self.batch_size,
@@ -100,7 +107,9 @@ class LitSegDataModule(LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             collate_fn=collate_fn,
             drop_last=drop_last,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            # Always a private generator: without one, each new iterator draws its base seed from the
+            # global torch RNG, shifting dropout / drop-connect randomness (breaks exact resume).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
 

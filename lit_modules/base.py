@@ -8,14 +8,18 @@ its typed ``__init__`` arguments become config keys.
 from __future__ import annotations
 
 import math
+import os
+import random
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import WandbLogger
 
 from litseg.checkpoint import load_weights
 from litseg.io import write_table
+from litseg.seeding import item_rng
 
 
 class LitSegModule(LightningModule):
@@ -61,6 +65,20 @@ class LitSegModule(LightningModule):
         if self.init_weights:
             load_weights(self, self.init_weights, key="state_dict")
 
+    # ------------------------------------------------------------------ reproducibility
+    def on_train_epoch_start(self) -> None:
+        """Re-seed the global RNGs from (run seed, epoch, rank) at every epoch.
+
+        Stochastic layers (dropout, EfficientNet drop-connect) draw from the global torch RNG,
+        whose state is not in Lightning checkpoints. Seeding per epoch makes an epoch's random
+        numbers the same whether the run was resumed from ``last.ckpt`` or not, on every rank.
+        Subclasses that override this hook must call ``super().on_train_epoch_start()``.
+        """
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        epoch_seed = int(item_rng(seed, "epoch", self.current_epoch, self.global_rank).integers(2**62))
+        torch.manual_seed(epoch_seed)
+        random.seed(epoch_seed)
+
     # ------------------------------------------------------------------ optimisation
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -90,7 +108,21 @@ class LitSegModule(LightningModule):
         if not self.evaluation_rows:
             raise RuntimeError(f"{type(self).__name__}: no evaluation results; run the test loop first")
         write_table(self.evaluation_rows, output_dir / "results.csv", output_dir / "results.md")
+        self.log_report("test", self.evaluation_rows)
         return self.evaluation_rows
+
+    def log_report(self, prefix: str, rows: list[dict[str, Any]], images: dict[str, Path] | None = None) -> None:
+        """Log a results table (``<prefix>/summary``) and figures (``<prefix>/<name>``) to every W&B logger."""
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                columns = list(rows[0])
+                payload: dict[str, Any] = {
+                    f"{prefix}/summary": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+                }
+                payload |= {f"{prefix}/{name}": wandb.Image(str(path)) for name, path in (images or {}).items()}
+                logger.experiment.log(payload)
 
 
 def warmup_cosine_factor(step: int, warmup: int, total: int) -> float:

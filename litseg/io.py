@@ -19,6 +19,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
@@ -129,6 +131,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -176,15 +179,24 @@ def write_table(rows: Sequence[dict[str, Any]], csv_path: str | os.PathLike[str]
         writer.writeheader()
         writer.writerows(rows)
     if md_path is not None:
-        def fmt(v: Any) -> str:
-            if isinstance(v, float):
-                return float_format.format(v)
-            return "" if v is None else str(v)
-
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
         with atomic_path(md_path) as tmp:
-            tmp.write_text("\n".join(lines) + "\n")
+            tmp.write_text(markdown_table(rows, float_format))
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], float_format: str = "{:.4f}") -> str:
+    """Rows as a Markdown table (floats rounded), columns in first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return float_format.format(v)
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def read_csv_rows(path: str | os.PathLike[str], required: Sequence[str]) -> list[dict[str, str]]:

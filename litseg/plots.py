@@ -35,9 +35,16 @@ def labelled_scatter(points: Mapping[str, tuple[float, float]], path: str | os.P
 
 
 def line_plot(curves: Mapping[str, Sequence[float]], path: str | os.PathLike[str], xlabel: str, ylabel: str,
-              title: str, x: Sequence[float] | None = None) -> None:
+              title: str, x: Sequence[float] | None = None, ylim: tuple[float, float] | None = None,
+              integer_x: bool = False) -> None:
     """One line per entry (e.g. mIoU vs number of clicks per dataset)."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     for name, ys in curves.items():
         xs = list(x) if x is not None else list(range(1, len(ys) + 1))
         ax.plot(xs, list(ys), marker="o", markersize=3, label=name)

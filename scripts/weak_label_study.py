@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.loggers import WandbLogger
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -38,7 +39,7 @@ from litseg.imaging import denormalize, overlay  # noqa: E402
 from litseg.io import write_table  # noqa: E402
 from litseg.plots import image_grid, labelled_scatter  # noqa: E402
 from litseg.seeding import item_rng  # noqa: E402
-from weak_labels.generate import generate_weak_labels_file  # noqa: E402
+from weak_labels.generate import GeneratorConfig, write_weak_labels  # noqa: E402
 
 KINDS = ("tags", "points", "scribbles", "boxes", "hybrid_tags_points", "points_boxes", "scribbles_boxes",
          "points_scribbles", "full")
@@ -102,6 +103,8 @@ def run_kind(kind: str, args: argparse.Namespace, weak_labels: Path, out: Path) 
     row["best_val_mIoU"] = float(ckpt.best_model_score) if best and ckpt.best_model_score is not None else None
     row["fit_seconds"] = round(fit_seconds, 1)
     row["run_dir"] = str(run_directory(cli.trainer))
+    if isinstance(cli.trainer.logger, WandbLogger):
+        cli.trainer.logger.experiment.finish()  # else the next kind would log into this run
     return row, cli
 
 
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     weak_labels = out / "weak_labels.json"
-    generate_weak_labels_file(Path(args.data_root), weak_labels, seed=args.seed)
+    write_weak_labels(args.data_root, weak_labels, GeneratorConfig(seed=args.seed))
 
     rows, grid_columns, titles = [], [], ["Input", "Ground truth"]
     grid_inputs: list[np.ndarray] = []
@@ -160,7 +163,7 @@ def log_summary_to_wandb(rows: list[dict[str, Any]], out: Path, offline: bool) -
     import wandb
 
     run = wandb.init(project="litseg", group="weak-label-study", name="weak-label-study-summary",
-                     job_type="report", dir=str(out), mode="offline" if offline else None)
+                     job_type="report", dir=str(out / "runs"), mode="offline" if offline else None)
     columns = list(rows[0])
     run.log({
         "study/results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows]),

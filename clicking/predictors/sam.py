@@ -1,0 +1,124 @@
+"""Segment Anything (Kirillov et al., ICCV 2023) driven click by click as in RClicks / RITM.
+
+How the model is driven (rclicks.md §4.6, ``isegm/model/is_sam_model.py``):
+
+* every click so far becomes a point prompt, in click order, label 1 (positive) / 0
+  (negative), as (x, y) scaled into the encoder frame by ``SamPredictor.transform``;
+* ``multimask_output=True``; the mask with the highest predicted IoU is kept;
+* its low-resolution logits are fed back as ``mask_input`` with the next click;
+* the output is ``sigmoid`` of those logits upsampled to the image; ``threshold = 0.5``.
+
+Differences from the upstream wrapper, both deliberate:
+
+* **Encode once.** The image embedding is computed in ``set_image`` and reused for every
+  click of every instance. Upstream re-encodes the unchanged image at every click, which
+  gives the same masks at ~20x the encoder cost (``encode_every_click=True`` reproduces it,
+  for timing comparisons; see ``benchmarks/interactive_speed.py``).
+* **Previous-mask reset.** Upstream drops the mask prompt whenever its padded point tensor
+  has two slots, i.e. on the first click *and* when the second click is negative. We drop
+  it only on the first click of an instance (``mask_reset="first_click"``);
+  ``mask_reset="upstream_two_slots"`` reproduces the upstream behaviour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from segment_anything import SamPredictor, sam_model_registry
+from segment_anything.modeling import Sam
+
+from clicking.predictors.base import ClickPredictor, MaskReset, clicks_to_points, drops_previous_mask
+from clicking.types import Click
+from litseg.checkpoint import load_weights
+from litseg.io import DataError
+
+SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+
+
+def build_sam(model_type: str, checkpoint: str | Path) -> Sam:
+    """Build an upstream SAM architecture without weights, then load ``checkpoint`` safely."""
+    if model_type not in SAM_MODEL_TYPES:
+        raise ValueError(f"unknown SAM model_type {model_type!r}; known: {', '.join(SAM_MODEL_TYPES)}")
+    if not Path(checkpoint).is_file():  # fail before spending seconds building the network
+        raise DataError(checkpoint, "checkpoint not found")
+    # No checkpoint argument: upstream would torch.load it unsafely and onto the saving device.
+    model = sam_model_registry[model_type]()
+    load_weights(model, checkpoint)
+    return model
+
+
+class SamClickPredictor(ClickPredictor):
+    """SAM as an :class:`~clicking.types.InteractivePredictor`.
+
+    Args:
+        model_type: upstream architecture (``vit_b`` / ``vit_l`` / ``vit_h``).
+        checkpoint: weights file (e.g. ``sam_vit_b_01ec64.pth``), loaded with
+            ``weights_only=True``. Required unless ``model`` is given.
+        device: where the model runs (``cpu``, ``cuda``, ``cuda:1``).
+        model: an already-built ``Sam`` (tests, fine-tuned models); ``checkpoint`` then
+            optionally loads weights into it.
+        mask_reset: when the previous low-res logits are dropped (see module docstring).
+        encode_every_click: re-encode the image at every click like upstream (slow; same masks).
+    """
+
+    threshold = 0.5
+
+    def __init__(
+        self,
+        model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b",
+        checkpoint: str | None = None,
+        device: str = "cpu",
+        model: Sam | None = None,
+        mask_reset: MaskReset = "first_click",
+        encode_every_click: bool = False,
+    ) -> None:
+        super().__init__()
+        if model is None:
+            if checkpoint is None:
+                raise ValueError("SamClickPredictor needs a checkpoint (random SAM weights give meaningless masks)")
+            model = build_sam(model_type, checkpoint)
+        elif checkpoint is not None:
+            load_weights(model, checkpoint)
+        drops_previous_mask([], mask_reset)  # validates the policy name now, not at the first click
+        self.model = model.to(torch.device(device)).eval()
+        self.sam_predictor = SamPredictor(self.model)
+        self.mask_reset = mask_reset
+        self.encode_every_click = encode_every_click
+        self._prev_low_res: torch.Tensor | None = None  # 1 x 1 x h x w logits of the chosen mask
+
+    def _encode(self, image: np.ndarray) -> None:
+        self.sam_predictor.set_image(image, image_format="RGB")
+
+    def _reset_prompts(self) -> None:
+        self._prev_low_res = None
+
+    @torch.no_grad()
+    def _predict(self, clicks: list[Click]) -> np.ndarray:
+        sp = self.sam_predictor
+        if self.encode_every_click:
+            self._encode(self._image)
+        if drops_previous_mask(clicks, self.mask_reset):
+            self._prev_low_res = None
+        coords, labels = clicks_to_points(clicks, self.image_hw)
+        device = self.model.device
+        coords_t = torch.as_tensor(sp.transform.apply_coords(coords, sp.original_size), dtype=torch.float,
+                                   device=device)[None]
+        labels_t = torch.as_tensor(labels, dtype=torch.int, device=device)[None]
+        # The same prompt-encoder / decoder calls as SamPredictor.predict_torch, but only the
+        # chosen mask is upsampled to the image (a third of the postprocessing work).
+        sparse, dense = self.model.prompt_encoder(points=(coords_t, labels_t), boxes=None, masks=self._prev_low_res)
+        low_res, iou_pred = self.model.mask_decoder(
+            image_embeddings=sp.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+        best = int(iou_pred[0].argmax())
+        chosen = low_res[:, best : best + 1]
+        self._prev_low_res = chosen
+        logits = self.model.postprocess_masks(chosen, sp.input_size, sp.original_size)
+        return torch.sigmoid(logits[0, 0]).float().cpu().numpy()

@@ -1,0 +1,150 @@
+"""Real user clicks in RClicks' ``clicks.csv`` schema, and the User evaluation mode.
+
+RClicks (Antonov et al., NeurIPS 2024) collected real clicks; its ``datasets/clicks.csv``
+has one row per click (spec note 5.2):
+
+``dataset, full_stem, image_stem, object_stem, click_type, model_type, device, x, y, w, h``
+
+* ``dataset``: GrabCut, Berkeley, DAVIS, COCO (= COCO_MVal) or TETRIS;
+* ``object_stem``: the instance id, or '' for single-object images;
+* ``full_stem`` of a first click: ``<image_stem>``, or ``<image_stem>_______<object_stem>``
+  (7 underscores) when the image has several objects;
+* ``click_type``: first / fn / fp; ``model_type``: '' for first clicks, else the model
+  that made the previous mask; ``device``: pc / mobile;
+* ``x, y``: integer pixel coordinates in a ``w x h`` frame (the original image size; the
+  benchmark may load a smaller image, e.g. TETRIS limited to 2048, so clicks are rescaled).
+
+User mode: every real *first* click on an instance is its own 1-click episode (fresh
+predictor state, one positive click); we report IoU@1 per click and NSR@1 = per instance
+``std / (mean + 1e-9)`` of IoU@1 (population std), averaged over instances, x100.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from litseg.io import DataError, read_csv_rows
+
+COLUMNS = (
+    "dataset", "full_stem", "image_stem", "object_stem", "click_type", "model_type", "device", "x", "y", "w", "h",
+)
+CLICK_TYPES = ("first", "fn", "fp")
+DEVICES = ("pc", "mobile")
+OBJECT_SEPARATOR = "_______"  # 7 underscores between image stem and instance id
+
+
+@dataclass(frozen=True)
+class UserClick:
+    """One row of clicks.csv, validated. ``object_id`` is None for single-object images."""
+
+    dataset: str
+    full_stem: str
+    image_stem: str
+    object_id: int | None
+    click_type: str
+    model_type: str
+    device: str
+    x: int
+    y: int
+    w: int
+    h: int
+    path: Path
+    line: int
+
+    @property
+    def is_positive(self) -> bool:
+        """First and fn clicks add object; fp clicks remove."""
+        return self.click_type != "fp"
+
+    def in_image(self, height: int, width: int) -> tuple[int, int]:
+        """``(y, x)`` rescaled from the row's ``w x h`` frame to a ``width x height`` image.
+
+        Pixel centres are mapped (``(x + 0.5) * width / w``), so an unscaled image gives
+        the same coordinates. A frame whose aspect ratio differs from the image's by more
+        than one pixel of rounding belongs to another image: :class:`DataError`.
+        """
+        if abs(self.w * height - self.h * width) > max(self.w, self.h, width, height):
+            raise DataError(
+                self.path,
+                f"line {self.line}: click frame {self.w}x{self.h} does not match the image size {width}x{height}",
+            )
+        x = int((self.x + 0.5) * width / self.w)
+        y = int((self.y + 0.5) * height / self.h)
+        if not (0 <= x < width and 0 <= y < height):
+            raise DataError(self.path, f"line {self.line}: click (x={x}, y={y}) outside the {width}x{height} image")
+        return y, x
+
+
+def instance_key(image_stem: str, instance_id: int, n_instances: int) -> str:
+    """The full_stem of an instance's first clicks (RClicks' lookup key)."""
+    return image_stem if n_instances == 1 else f"{image_stem}{OBJECT_SEPARATOR}{instance_id}"
+
+
+def _int_field(row: dict[str, str], column: str, path: Path) -> int:
+    value = row[column].strip()
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(path, f"line {row['_line']}: {column}={row[column]!r} is not an integer") from None
+
+
+def read_user_clicks(path: str | os.PathLike[str]) -> list[UserClick]:
+    """Read and validate every row of a clicks.csv; a malformed row raises naming its line."""
+    path = Path(path)
+    clicks = []
+    for row in read_csv_rows(path, COLUMNS):
+        line = int(row["_line"])
+
+        def bad(problem: str) -> DataError:
+            return DataError(path, f"line {line}: {problem}")
+
+        x, y, w, h = (_int_field(row, c, path) for c in ("x", "y", "w", "h"))
+        if w <= 0 or h <= 0:
+            raise bad(f"frame size w={w}, h={h} must be positive")
+        if not (0 <= x < w and 0 <= y < h):
+            raise bad(f"click (x={x}, y={y}) outside its {w}x{h} frame")
+        if row["click_type"] not in CLICK_TYPES:
+            raise bad(f"unknown click_type {row['click_type']!r} (expected one of {list(CLICK_TYPES)})")
+        if row["device"] not in DEVICES:
+            raise bad(f"unknown device {row['device']!r} (expected one of {list(DEVICES)})")
+        if not row["dataset"] or not row["image_stem"] or not row["full_stem"]:
+            raise bad("dataset, image_stem and full_stem must not be empty")
+        if row["click_type"] != "first" and not row["model_type"]:
+            raise bad(f"a {row['click_type']} click needs the model_type of its previous mask")
+        object_id = _int_field(row, "object_stem", path) if row["object_stem"] != "" else None
+        if row["click_type"] == "first":
+            expected = row["image_stem"] if object_id is None else f"{row['image_stem']}{OBJECT_SEPARATOR}{object_id}"
+            if row["full_stem"] != expected:
+                raise bad(f"full_stem {row['full_stem']!r} of a first click should be {expected!r}")
+        clicks.append(UserClick(
+            dataset=row["dataset"], full_stem=row["full_stem"], image_stem=row["image_stem"], object_id=object_id,
+            click_type=row["click_type"], model_type=row["model_type"], device=row["device"],
+            x=x, y=y, w=w, h=h, path=path, line=line,
+        ))
+    return clicks
+
+
+def first_clicks_by_instance(clicks: Sequence[UserClick]) -> dict[tuple[str, str], list[UserClick]]:
+    """First clicks grouped by ``(dataset, full_stem)``, in file order."""
+    out: dict[tuple[str, str], list[UserClick]] = defaultdict(list)
+    for click in clicks:
+        if click.click_type == "first":
+            out[(click.dataset, click.full_stem)].append(click)
+    return dict(out)
+
+
+def nsr(ious_per_instance: Sequence[Sequence[float]]) -> float:
+    """Noise-to-signal ratio x100: mean over instances of ``std / (mean + 1e-9)``.
+
+    The std is the population std (``ddof=0``, NumPy's default, as the RClicks notebook).
+    """
+    if not ious_per_instance:
+        return float("nan")
+    ratios = [np.std(v) / (np.mean(v) + 1e-9) for v in (np.asarray(x, dtype=np.float64) for x in ious_per_instance)]
+    return float(100.0 * np.mean(ratios))

@@ -1,0 +1,279 @@
+"""Interactive-segmentation benchmark as a test-only LightningModule (RITM protocol, RClicks).
+
+``trainer.test(InteractiveBenchmark(...), datamodule=InteractiveDataModule(...))`` runs,
+for every instance of every image, a ``max_clicks``-click episode of a simulated user
+(:mod:`clicking.clicker`) against a predictor (:func:`clicking.predictors.build_predictor`)
+and reports NoC@80/85/90, NoF@85/90, mIoU@k and IoU-AUC per dataset
+(:class:`metrics.noc.NoCMetric`). With ``strategy: user`` every real first click of
+``user_clicks`` (RClicks' clicks.csv) is a 1-click episode instead; the summary then
+reports mIoU@1 and NSR@1.
+
+``write_evaluation(DIR)`` writes ``per_click.csv``, ``summary.csv`` / ``summary.md`` and
+``miou_vs_clicks.png`` (and logs the plot and table to W&B when the logger is W&B).
+
+Under DDP every rank evaluates a disjoint share of the images (no padding), the curves are
+gathered by the metric and the per-click rows with ``all_gather_object``; the results
+equal a single-process run. Use ``strategy: ddp`` (as ``configs/trainer/ddp_cpu.yaml``):
+with ``ddp_spawn`` the results stay in the spawned workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from clicking.clicker import ClickStrategy, ReplayClicks, build_strategy
+from clicking.episode import ClickRecord, iou_curve, run_episode
+from clicking.predictors import build_predictor
+from clicking.types import InteractivePredictor
+from clicking.user_clicks import UserClick, first_clicks_by_instance, instance_key, nsr, read_user_clicks
+from datamodules.interactive import DATASETS
+from lit_modules.base import LitSegModule
+from litseg.plots import line_plot
+from litseg.io import write_table
+from litseg.seeding import item_rng
+from metrics.noc import NoCMetric, instance_id, threshold_label
+
+SUMMARY_MIOU_AT = (1, 5, 10, 20)
+
+
+class InteractiveBenchmark(LitSegModule):
+    """Test-only benchmark of a click-based interactive segmenter.
+
+    Args:
+        predictor: predictor name for ``clicking.predictors.build_predictor`` (e.g.
+            ``grabcut``, ``sam``, ``sam2``, or ``package.module:Factory``).
+        predictor_args: its keyword arguments (checkpoint, model type, ...). ``device: auto``
+            is replaced by this process's device (each DDP rank gets its own GPU).
+        strategy: the simulated user: ``baseline`` (RITM); ``clickability`` (RClicks: locations
+            sampled from a clickability map, optionally one clicking group, see
+            ``clicking.band_sampler.ClickabilityStrategy``); ``user`` (replay the real first
+            clicks of ``user_clicks``, one 1-click episode each); ``sample`` (RClicks "Sample":
+            as ``user``, but each real click replaced by one click sampled from the unsliced
+            clickability map, the RNG not reseeded between users).
+        strategy_args: keyword arguments of the strategy (``clickability`` / ``sample``: the
+            ``ClickabilityStrategy`` arguments, e.g. ``{checkpoint: ..., clicking_group: 3}``).
+        max_clicks: clicks per episode (all are run: no early stop). User mode always runs
+            1-click episodes.
+        iou_thresholds: thresholds of the NoC columns.
+        nof_thresholds: thresholds of the NoF columns.
+        seed: seed of the per-image click RNG (``item_rng(seed, dataset, image_stem)``).
+        user_clicks: RClicks ``clicks.csv`` path (``strategy: user`` only).
+    """
+
+    def __init__(
+        self,
+        predictor: str,
+        predictor_args: dict[str, Any] | None = None,
+        strategy: Literal["baseline", "clickability", "user", "sample"] = "baseline",
+        strategy_args: dict[str, Any] | None = None,
+        max_clicks: int = 20,
+        iou_thresholds: list[float] | None = None,
+        nof_thresholds: list[float] | None = None,
+        seed: int = 42,
+        user_clicks: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if max_clicks < 1:
+            raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
+        if (strategy in ("user", "sample")) != (user_clicks is not None):
+            raise ValueError("strategies 'user' / 'sample' and user_clicks go together: set both or neither")
+        self.predictor_name = predictor
+        self.predictor_args = dict(predictor_args or {})
+        self.strategy_name = strategy
+        self.strategy_args = dict(strategy_args or {})
+        self.max_clicks = max_clicks
+        self.iou_thresholds = list(iou_thresholds if iou_thresholds is not None else [0.8, 0.85, 0.9])
+        self.nof_thresholds = list(nof_thresholds if nof_thresholds is not None else [0.85, 0.9])
+        self.seed = seed
+        self.user_clicks = user_clicks
+        self.user_mode = strategy in ("user", "sample")  # one 1-click episode per real first click
+        # Built in setup(), in the process (and on the device) that runs the test.
+        self.predictor: InteractivePredictor | None = None
+        self.strategy: ClickStrategy | None = None
+        self.noc_metrics = torch.nn.ModuleDict()
+        self.dataset_names: list[str] = []
+        self.click_rows: list[dict[str, Any]] = []
+        self.miou_curves: dict[str, list[float]] = {}
+        self._user_first_clicks: dict[tuple[str, str], list[UserClick]] = {}
+        self._without_clicks: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ building
+    def build_predictor(self) -> InteractivePredictor:
+        args = dict(self.predictor_args)
+        if args.get("device") == "auto":
+            args["device"] = str(self.trainer.strategy.root_device)
+        return build_predictor(self.predictor_name, **args)
+
+    def setup(self, stage: str) -> None:
+        if stage != "test":
+            raise RuntimeError(
+                f"InteractiveBenchmark has no trainable parameters and only runs the test loop "
+                f"(trainer.test / evaluate.py); '{stage}' is not supported"
+            )
+        datamodule = self.trainer.datamodule
+        names = getattr(datamodule, "datasets", None)
+        if not names:
+            raise RuntimeError("InteractiveBenchmark needs an InteractiveDataModule (with a `datasets` list)")
+        self.dataset_names = list(names)
+        # The same metrics on every rank, created before any rank sees data.
+        self.noc_metrics = torch.nn.ModuleDict({
+            name: NoCMetric(self.max_clicks, self.iou_thresholds, self.nof_thresholds) for name in self.dataset_names
+        })
+        import clicking.band_sampler  # noqa: F401  (registers the "clickability" strategy)
+
+        if self.user_mode:
+            assert self.user_clicks is not None
+            self._user_first_clicks = first_clicks_by_instance(read_user_clicks(self.user_clicks))
+        if self.strategy_name in ("clickability", "sample"):
+            self.strategy = build_strategy("clickability", **self.strategy_args)
+        elif self.strategy_name == "baseline":
+            self.strategy = build_strategy("baseline", **self.strategy_args)
+        self.predictor = self.build_predictor()
+
+    # Defined only so that Lightning's loop checks pass and setup() can refuse "fit" clearly.
+    def training_step(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("InteractiveBenchmark cannot be trained; run trainer.test / evaluate.py")
+
+    def configure_optimizers(self) -> None:
+        raise RuntimeError("InteractiveBenchmark cannot be trained; run trainer.test / evaluate.py")
+
+    # ------------------------------------------------------------------ test loop
+    def on_test_epoch_start(self) -> None:
+        for metric in self.noc_metrics.values():
+            metric.reset()
+        self.click_rows = []
+        self._without_clicks = dict.fromkeys(self.dataset_names, 0)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        assert self.predictor is not None
+        dataset, stem, image, ignore = batch["dataset"], batch["image_stem"], batch["image"], batch["ignore"]
+        rng = item_rng(self.seed, dataset, stem)  # reset per image: independent of order and rank
+        self.predictor.set_image(image)  # encoded once for all instances and clicks
+        n_instances = len(batch["instance_ids"])
+        for inst, gt in zip(batch["instance_ids"], batch["instances"], strict=True):
+            base = {"dataset": dataset, "image": stem, "instance": inst}
+            if self.user_mode:
+                self._user_episodes(base, image, gt, ignore, rng, instance_key(stem, inst, n_instances))
+                continue
+            assert self.strategy is not None
+            records = run_episode(self.predictor, image, gt, ignore, self.strategy, rng, self.max_clicks)
+            self.noc_metrics[dataset].update(iou_curve(records), instance_id(dataset, stem, inst), self.strategy.group)
+            self.click_rows.extend(_click_rows(base | {"episode": 0}, records))
+
+    def _user_episodes(self, base: dict[str, Any], image: np.ndarray, gt: np.ndarray, ignore: np.ndarray,
+                       rng: np.random.Generator, key: str) -> None:
+        """Each real first click of the instance as its own fresh 1-click positive episode."""
+        clicks = self._user_first_clicks.get((DATASETS[base["dataset"]].clicks_name, key), [])
+        if not clicks:
+            self._without_clicks[base["dataset"]] += 1  # RClicks evaluates only instances with real clicks
+            return
+        height, width = gt.shape
+        for episode, click in enumerate(clicks):
+            if self.strategy_name == "sample":  # as many sampled first clicks as real users
+                assert self.strategy is not None
+                records = run_episode(self.predictor, image, gt, ignore, self.strategy, rng, max_clicks=1)
+            else:
+                y, x = click.in_image(height, width)
+                records = run_episode(self.predictor, image, gt, ignore, ReplayClicks([(y, x, True)]), rng,
+                                      max_clicks=1)
+            extra = {"episode": episode, "device": click.device, "source_line": click.line}
+            self.click_rows.extend(_click_rows(base | extra, records))
+
+    def on_test_epoch_end(self) -> None:
+        self.click_rows = self._gather_rows(self.click_rows)
+        self._without_clicks = self._gather_counts(self._without_clicks)
+        self.evaluation_rows = []
+        self.miou_curves = {}
+        for name in self.dataset_names:
+            rows = [r for r in self.click_rows if r["dataset"] == name]
+            summary = self._user_summary(name, rows) if self.user_mode else self._noc_summary(name)
+            timed = [r["seconds"] for r in rows if r["sign"] != "none"]
+            summary["seconds_per_click"] = float(np.mean(timed)) if timed else float("nan")
+            self.evaluation_rows.append(summary)
+            for key, value in summary.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    # Already global (gathered above): no further reduction.
+                    self.log(f"{name}/{key}", float(value), sync_dist=False)
+
+    def _noc_summary(self, name: str) -> dict[str, Any]:
+        stats = {k: float(v) for k, v in self.noc_metrics[name].compute().items()}
+        self.miou_curves[name] = [stats[f"mIoU@{k}"] for k in range(1, self.max_clicks + 1)]
+        row: dict[str, Any] = {"dataset": name, "predictor": self.predictor_name, "strategy": self.strategy_name}
+        row |= {f"NoC@{threshold_label(t)}": stats[f"NoC@{threshold_label(t)}"] for t in self.iou_thresholds}
+        row |= {f"NoF@{threshold_label(t)}": int(stats[f"NoF@{threshold_label(t)}"]) for t in self.nof_thresholds}
+        row["IoU-AUC"] = stats["IoU-AUC"]
+        row |= {f"mIoU@{k}": stats[f"mIoU@{k}"] for k in SUMMARY_MIOU_AT if k <= self.max_clicks}
+        row["n_instances"] = int(stats["n_instances"])
+        return row
+
+    def _user_summary(self, name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        per_instance: dict[tuple[str, int], list[float]] = {}
+        for r in rows:
+            per_instance.setdefault((r["image"], r["instance"]), []).append(r["iou"])
+        ious = list(per_instance.values())
+        miou = float(np.mean([np.mean(v) for v in ious])) if ious else float("nan")
+        self.miou_curves[name] = [miou]
+        return {
+            "dataset": name, "predictor": self.predictor_name, "strategy": self.strategy_name,
+            "mIoU@1": miou, "NSR@1": nsr(ious), "n_instances": len(ious), "n_clicks": len(rows),
+            "n_instances_without_clicks": self._without_clicks.get(name, 0),
+        }
+
+    def _world(self) -> int:
+        dist = torch.distributed
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    def _gather_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """All ranks' per-click rows, in a fixed order (dataset order, image, instance, episode, k)."""
+        if self._world() > 1:
+            gathered: list[Any] = [None] * self._world()
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        order = {name: i for i, name in enumerate(self.dataset_names)}
+        return sorted(rows, key=lambda r: (order[r["dataset"]], r["image"], r["instance"], r["episode"], r["k"]))
+
+    def _gather_counts(self, counts: dict[str, int]) -> dict[str, int]:
+        if self._world() == 1:
+            return counts
+        gathered: list[Any] = [None] * self._world()
+        torch.distributed.all_gather_object(gathered, counts)
+        return {name: sum(part.get(name, 0) for part in gathered) for name in self.dataset_names}
+
+    # ------------------------------------------------------------------ outputs
+    def write_evaluation(self, output_dir: Path) -> list[dict[str, Any]]:
+        """Write ``per_click.csv``, ``summary.csv`` / ``.md`` and ``miou_vs_clicks.png``.
+
+        Only global rank 0 writes (every rank holds the same gathered results).
+        """
+        if not self.evaluation_rows:
+            raise RuntimeError("InteractiveBenchmark: no evaluation results; run the test loop first")
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return self.evaluation_rows
+        output_dir = Path(output_dir)
+        write_table(self.click_rows, output_dir / "per_click.csv")
+        write_table(self.evaluation_rows, output_dir / "summary.csv", output_dir / "summary.md")
+        plot_path = output_dir / "miou_vs_clicks.png"
+        line_plot(self.miou_curves, plot_path, xlabel="number of clicks", ylabel="mIoU",
+                  title=f"{self.predictor_name}, {self.strategy_name} clicks", ylim=(0.0, 1.0), integer_x=True)
+        self.log_report("interactive", self.evaluation_rows, {"miou_vs_clicks": plot_path})
+        return self.evaluation_rows
+
+
+def _click_rows(base: dict[str, Any], records: list[ClickRecord]) -> list[dict[str, Any]]:
+    rows = []
+    for r in records:
+        click = r.click
+        rows.append(base | {
+            "k": r.k,
+            "click_x": "" if click is None else click.x,
+            "click_y": "" if click is None else click.y,
+            "sign": "none" if click is None else ("positive" if click.is_positive else "negative"),
+            "iou": r.iou,
+            "seconds": r.seconds,
+        })
+    return rows

@@ -1,0 +1,87 @@
+"""EfficientNet-UNet with an image-level classifier and class activation maps (CAM).
+
+The network of the weakly-supervised segmentation (WSSS) study: a
+``segmentation_models_pytorch.Unet`` with an EfficientNet encoder for the dense
+(partial-)cross-entropy supervision kinds, plus a classification head on the encoder's
+deepest feature map (global average pooling -> dropout -> linear, one logit per
+foreground class) for image-level tags. Segmentation from tags uses CAM (Zhou et al.,
+"Learning Deep Features for Discriminative Localization", CVPR 2016): for class ``c``,
+``relu(sum_k w_ck F_k)`` with the head's linear weights ``w`` and the deepest features
+``F``, upsampled to the input and scaled to [0, 1] per (sample, class).
+
+Encoder names are smp's: ``efficientnet-b0`` .. ``-b7`` (the default, b0: 6.3 M parameters)
+and ``timm-efficientnet-b0`` .. both build offline with ``encoder_weights=None``.
+"""
+
+from __future__ import annotations
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CAM_EPS = 1e-5
+
+
+class EffUNet(nn.Module):
+    """UNet (smp) + tag classifier over the deepest encoder features.
+
+    Args:
+        num_classes: segmentation classes including background (2 binary, 3 species, 38 breed).
+            The classifier has ``num_classes - 1`` outputs: foreground classes only,
+            for multi-label tags.
+        encoder_name: an smp EfficientNet encoder name.
+        encoder_weights: ``"imagenet"`` in real use; ``None`` offline / in tests.
+        dropout: dropout before the classifier's linear layer.
+
+    Inputs must have height and width divisible by 32 (five stride-2 stages).
+    """
+
+    def __init__(self, num_classes: int, encoder_name: str = "efficientnet-b0",
+                 encoder_weights: str | None = None, dropout: float = 0.2) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background + at least one class), got {num_classes}")
+        self.num_classes = num_classes
+        self.unet = smp.Unet(encoder_name=encoder_name, encoder_weights=encoder_weights, classes=num_classes)
+        deepest_channels = self.unet.encoder.out_channels[-1]
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(deepest_channels, num_classes - 1)
+
+    @staticmethod
+    def _check_input(x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[-1] % 32 or x.shape[-2] % 32:
+            raise ValueError(f"EffUNet needs B x C x H x W input with H and W divisible by 32, got {tuple(x.shape)}")
+
+    def cam_from_features(self, deepest: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """CAM ``[B, num_classes - 1, *size]`` in [0, 1] from the deepest features ``[B, C, h, w]``.
+
+        Bias-free (as in CAM: the bias shifts every location equally), ReLU at feature
+        resolution, bilinear upsampling, then division by the per-(sample, class) maximum
+        (+ eps, so an all-zero map stays zero). Differentiable; detach it for pseudo-masks.
+        """
+        cam = F.relu(torch.einsum("bkhw,ck->bchw", deepest, self.classifier.weight))
+        cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+        peak = cam.flatten(2).amax(dim=2)[:, :, None, None]
+        return cam / (peak + CAM_EPS)
+
+    def cam(self, x: torch.Tensor) -> torch.Tensor:
+        """Class activation maps ``[B, num_classes - 1, H, W]`` of an image batch."""
+        self._check_input(x)
+        return self.cam_from_features(self.unet.encoder(x)[-1], tuple(x.shape[-2:]))
+
+    def forward(self, x: torch.Tensor, return_cam: bool = False) -> dict[str, torch.Tensor]:
+        """One encoder pass for everything.
+
+        Returns ``logits [B, num_classes, H, W]``, ``class_logits [B, num_classes - 1]`` and,
+        with ``return_cam``, ``cam [B, num_classes - 1, H, W]``.
+        """
+        self._check_input(x)
+        features = self.unet.encoder(x)
+        logits = self.unet.segmentation_head(self.unet.decoder(features))
+        deepest = features[-1]
+        class_logits = self.classifier(self.dropout(deepest.mean(dim=(2, 3))))
+        out = {"logits": logits, "class_logits": class_logits}
+        if return_cam:
+            out["cam"] = self.cam_from_features(deepest, tuple(x.shape[-2:]))
+        return out
