@@ -325,8 +325,9 @@ def test_sam2_checkpoint_round_trip_and_errors(noise_image, sam2_model, tmp_path
     path = tmp_path / "tiny_sam2.pt"
     torch.save({"model": sam2_model.state_dict()}, path)  # the upstream layout
     expected = run_clicks(build_predictor("sam2", model=sam2_model), noise_image, CLICKS_5[:2])
-    loaded = run_clicks(build_predictor("sam2", model=tiny_sam2(image_size=128, seed=1), checkpoint=str(path)),
-                        noise_image, CLICKS_5[:2])
+    other = tiny_sam2(image_size=128, seed=1)
+    assert not torch.equal(other.sam_mask_decoder.iou_token.weight, sam2_model.sam_mask_decoder.iou_token.weight)
+    loaded = run_clicks(build_predictor("sam2", model=other, checkpoint=str(path)), noise_image, CLICKS_5[:2])
     for a, b in zip(expected, loaded, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -390,5 +391,5 @@ def test_speed_benchmark_smoke_on_tiny_sam(capsys):
     spec.loader.exec_module(module)
     results = module.main(["--model", "tiny", "--images", "1", "--clicks", "3", "--repeats", "1"])
     assert results["identical"] == 1.0
-    assert results["encoder_s"] > 0 and results["full_s"] > results["encoder_s"]
+    assert results["encoder_s"] > 0 and results["full_s"] > 0 and results["reencode_s"] > 0  # no timing order: CI noise
     assert "| re-encode at every click (upstream) |" in capsys.readouterr().out
