@@ -105,6 +105,8 @@ class WeakLabelUNet(LitSegModule):
         self.cam_bg_threshold = cam_bg_threshold
         self.cam_loss_weight = cam_loss_weight
         self.net = EffUNet(num_classes=num_classes, encoder_name=encoder_name, encoder_weights=encoder_weights)
+        if "tags" not in supervision:
+            self.net.classifier.requires_grad_(False)  # unused by the loss: DDP needs every trained param used
         self.val_metrics = segmentation_metrics(num_classes, prefix="val/")
         self.test_metrics = segmentation_metrics(num_classes, prefix="test/")
         self.load_init_weights()

@@ -44,6 +44,11 @@ class EffUNet(nn.Module):
             raise ValueError(f"num_classes must be >= 2 (background + at least one class), got {num_classes}")
         self.num_classes = num_classes
         self.unet = smp.Unet(encoder_name=encoder_name, encoder_weights=encoder_weights, classes=num_classes)
+        # smp's EfficientNet encoder keeps the classifier-era head (_conv_head, _bn1) that its
+        # forward never runs; frozen, DDP does not wait for gradients that never come.
+        for name in ("_conv_head", "_bn1"):
+            if hasattr(self.unet.encoder, name):
+                getattr(self.unet.encoder, name).requires_grad_(False)
         deepest_channels = self.unet.encoder.out_channels[-1]
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(deepest_channels, num_classes - 1)

@@ -6,7 +6,6 @@ import csv
 
 import torch
 
-from lit_modules.weak_unet import WeakLabelUNet
 from litseg.cli import LitSegCLI
 from tests.helpers import REPO, TINY_PET, run_script
 
@@ -17,12 +16,16 @@ def _results(path) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if k != "supervision"}
 
 
-def test_two_process_ddp_validation_equals_single_process(tmp_path):
-    torch.manual_seed(1)
-    model = WeakLabelUNet(num_classes=2, supervision=["full"])
-    ckpt = tmp_path / "model.ckpt"
-    torch.save({"state_dict": model.state_dict()}, ckpt)
-    common = ["evaluate.py", "--config", "configs/weak_unet/full.yaml", "--ckpt_path", str(ckpt),
+def test_two_process_ddp_fit_then_validation_equals_single_process(tmp_path):
+    # Train under plain 2-process DDP (every trained parameter must reach the loss, or DDP fails at
+    # the second step), then evaluate its checkpoint with one and with two processes.
+    run_script(["train.py", "fit", "--config", "configs/weak_unet/points.yaml", *TINY_PET,
+                "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+                "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+                "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.name", "ddp"])
+    ckpt = tmp_path / "ddp" / "version_0" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    common = ["evaluate.py", "--config", "configs/weak_unet/points.yaml", "--ckpt_path", str(ckpt),
               "--split", "val", *TINY_PET, "--data.init_args.batch_size", "2", "--trainer.logger", "false"]
     run_script([*common, "--output_dir", str(tmp_path / "one")])
     # The val split has 5 images: ranks get 3 and 2 with the unpadded sampler (padding would repeat one).

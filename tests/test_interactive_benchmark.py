@@ -397,3 +397,18 @@ def test_classical_predictor_on_bundled_grabcut(tmp_path):
     assert firsts == want
     c.model.write_evaluation(tmp_path / "out")
     assert len(read_rows(tmp_path / "out" / "per_click.csv")) == 4 * 3
+
+
+@pytest.mark.parametrize("factory", ["tests.tiny_models:tiny_sam_predictor", "tests.tiny_models:tiny_sam2_predictor"])
+def test_tiny_sam_and_sam2_run_through_the_whole_benchmark(tmp_path, factory):
+    c = cli("configs/interactive/grabcut_classical.yaml", tmp_path, "--model.init_args.max_clicks", "4",
+            "--model.init_args.predictor", factory, "--data.init_args.max_images", "2")
+    c.trainer.test(c.model, datamodule=c.datamodule)
+    (row,) = c.model.evaluation_rows
+    assert row["n_instances"] == 2 and row["predictor"] == factory
+    assert c.model.predictor.threshold == 0.5  # SAM family
+    ious = [r["iou"] for r in c.model.click_rows]
+    assert len(ious) == 2 * 4 and all(0.0 <= v <= 1.0 for v in ious)
+    assert row["mIoU@1"] == pytest.approx(np.mean([r["iou"] for r in c.model.click_rows if r["k"] == 1]))
+    c.model.write_evaluation(tmp_path / "out")
+    assert (tmp_path / "out" / "miou_vs_clicks.png").is_file()
