@@ -190,9 +190,10 @@ def test_joint_flip_is_seeded_per_sample(synthetic):
     dm = datamodule(synthetic, flip_p=1.0)
     dm.setup("fit")
 
-    class FakeTrainer:
+    class FakeTrainer:  # what the datamodule reads: training state and the process layout
         training = True
         current_epoch = 0
+        world_size, global_rank = 1, 0
 
     dm.trainer = FakeTrainer()
     batch = next(iter(dm.train_dataloader()))
