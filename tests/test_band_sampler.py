@@ -225,7 +225,6 @@ def test_network_strategy_clicks_inside_the_error_region():
     assert click.is_positive and state.fn[click.y, click.x]
 
 
-@pytest.mark.slow
 def test_clicking_groups_script_writes_the_robustness_table(tmp_path):
     # Base + G1..G10 of the weights-free GrabCut predictor on one bundled image, 3 clicks (~1 min).
     import csv

@@ -280,7 +280,6 @@ def test_short_training_lowers_validation_kl_and_checkpoint_reloads(synthetic, t
                                    model(batch["image"], batch["click_maps"]))
 
 
-@pytest.mark.slow
 def test_trained_model_beats_the_uniform_baseline_on_nss(synthetic, tmp_path):
     # ~25 epochs on 36 synthetic full_stems (about 1.5 min on 2 CPU cores).
     seed_everything(0)

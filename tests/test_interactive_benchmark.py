@@ -278,6 +278,34 @@ def test_user_mode_episodes_and_nsr(tmp_path):
         ("a", 0, 2, pytest.approx(a[0])), ("a", 1, 3, pytest.approx(a[1])), ("b", 0, 4, 1.0)]
 
 
+def test_sample_mode_draws_one_click_per_real_user_from_the_map(tmp_path):
+    root = make_root(tmp_path / "data")
+    rows = [
+        ["GrabCut", "a", "a", "", "first", "", "pc", 9, 9, 20, 20],
+        ["GrabCut", "a", "a", "", "first", "", "mobile", 5, 5, 20, 20],
+        ["GrabCut", "b", "b", "", "first", "", "pc", 5, 5, 11, 11],
+    ]
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text("\n".join([",".join(COLUMNS)] + [",".join(map(str, r)) for r in rows]) + "\n")
+
+    def run():
+        model = InteractiveBenchmark(predictor=ORACLE, strategy="sample", user_clicks=str(clicks),
+                                     strategy_args={"clickability": "distance_transform"})
+        make_trainer(tmp_path).test(model, datamodule=InteractiveDataModule(root=str(root), datasets=["GrabCut"]))
+        return model
+
+    model = run()
+    (summary,) = model.evaluation_rows
+    assert summary["n_instances"] == 2 and summary["n_clicks"] == 3  # as many samples as real users
+    got = [(r["image"], r["episode"], r["sign"], r["click_x"], r["click_y"]) for r in model.click_rows]
+    assert [g[:3] for g in got] == [("a", 0, "positive"), ("a", 1, "positive"), ("b", 0, "positive")]
+    # The first error region is the whole object: every sampled first click lies on it, and the
+    # draws are reproducible (per-image seed).
+    gts = {"a": GT_A, "b": GT_B}
+    assert all(gts[image][y, x] for image, _, _, x, y in got)
+    assert got == [(r["image"], r["episode"], r["sign"], r["click_x"], r["click_y"]) for r in run().click_rows]
+
+
 def test_user_mode_click_frame_mismatch_names_the_row(tmp_path):
     root = make_root(tmp_path / "data")
     clicks = tmp_path / "clicks.csv"

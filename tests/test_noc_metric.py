@@ -157,8 +157,6 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow  # ~35 s on 2 shared cores; the default run covers metric sync (with an empty rank)
-# through tests/test_interactive_benchmark.py::test_two_process_ddp_equals_one_process.
 def test_two_process_gloo_equals_one_process(tmp_path):
     """Ranks with disjoint, duplicated and no data: both ranks compute the one-process result."""
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
