@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import cv2
 import numpy as np
 
 from clicking.types import Click
+from litseg.geometry import padded_distance_transform
 
 
 @dataclass(frozen=True)
@@ -70,18 +70,6 @@ class ErrorState:
         larger maximum, so checking it suffices.
         """
         return bool(self.dt.max(initial=0.0) > 0.0)
-
-
-def padded_distance_transform(mask: np.ndarray) -> np.ndarray:
-    """Exact Euclidean distance of each ``mask`` pixel to the nearest non-mask pixel or
-    to the outside of the image (1-pixel zero padding), as float32.
-
-    ``cv2.DIST_MASK_PRECISE`` is the exact algorithm (Felzenszwalb & Huttenlocher), equal
-    to ``scipy.ndimage.distance_transform_edt`` (tested) and about 8x faster.
-    """
-    padded = np.pad(mask.astype(np.uint8), 1, mode="constant")
-    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return dist[1:-1, 1:-1]
 
 
 def error_state(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray, not_clicked: np.ndarray) -> ErrorState:

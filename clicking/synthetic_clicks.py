@@ -30,9 +30,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from clicking.clicker import padded_distance_transform
 from clicking.user_clicks import COLUMNS, instance_key
 from datamodules.interactive import DATASETS, load_sample, scan_dataset
+from litseg.geometry import padded_distance_transform
 from litseg.io import atomic_path, write_png
 from litseg.seeding import item_rng
 

@@ -16,9 +16,9 @@ from clicking.clicker import (
     baseline_location,
     build_strategy,
     error_state,
-    padded_distance_transform,
 )
 from clicking.types import Click
+from litseg.geometry import padded_distance_transform
 
 
 def blocks(shape: tuple[int, int], *boxes: tuple[int, int, int, int]) -> np.ndarray:

@@ -49,6 +49,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra
 from skimage.morphology import skeletonize
 
+from litseg.geometry import padded_distance_transform
 from litseg.io import DataError, index_by_stem, list_images, read_mask, write_json
 from litseg.seeding import item_rng
 from weak_labels.format import FORMAT_NAME, FORMAT_VERSION
@@ -110,14 +111,9 @@ def connected_regions(mask: np.ndarray, min_fraction: float) -> list[np.ndarray]
     return [labels == i + 1 for i in keep]
 
 
-def _depth(mask: np.ndarray) -> np.ndarray:
-    """Euclidean distance of each mask pixel to the nearest pixel outside the mask or the image."""
-    return ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-
-
 def interior_point(mask: np.ndarray) -> tuple[int, int]:
     """``(x, y)`` of the distance-transform maximum of a non-empty mask (first in row-major order)."""
-    y, x = np.unravel_index(int(np.argmax(_depth(mask))), mask.shape)
+    y, x = np.unravel_index(int(np.argmax(padded_distance_transform(mask))), mask.shape)
     return int(x), int(y)
 
 
@@ -200,7 +196,7 @@ def region_scribble(region: np.ndarray, erosion: int, length_fraction: float) ->
     x0, y0, x1, y1 = tight_box(region)
     top, left = max(y0 - 1, 0), max(x0 - 1, 0)
     crop = region[top:y1 + 2, left:x1 + 2]
-    depth = _depth(crop)
+    depth = padded_distance_transform(crop)
     e = erosion
     while e > 0 and not (depth > e).any():
         e //= 2
