@@ -23,7 +23,6 @@ A model trained on these learns "click near the centre of the error", nothing ab
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 from clicking.user_clicks import COLUMNS, instance_key
 from datamodules.interactive import DATASETS, load_sample, scan_dataset
 from litseg.geometry import padded_distance_transform
-from litseg.io import atomic_path, write_png
+from litseg.io import atomic_path, write_png, write_table
 from litseg.seeding import item_rng
 
 CSV_NAME = "synthetic_clicks.csv"
@@ -116,10 +115,7 @@ def synthesize(root: str | os.PathLike[str], dataset: str, out_dir: str | os.Pat
                         "device": "pc" if i % 2 == 0 else "mobile", "x": x, "y": y, "w": width, "h": height,
                     })
     counts["clicks"] = len(rows)
-    with atomic_path(out_dir / CSV_NAME) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_table(rows, out_dir / CSV_NAME, columns=COLUMNS)
     stems = [r.stem for r in records]
     order = item_rng(seed, "split", dataset).permutation(len(stems))
     n_val = max(1, round(val_fraction * len(stems))) if val_fraction > 0 and len(stems) > 1 else 0

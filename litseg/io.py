@@ -166,28 +166,34 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def write_table(rows: Sequence[dict[str, Any]], csv_path: str | os.PathLike[str],
-                md_path: str | os.PathLike[str] | None = None, float_format: str = "{:.4f}") -> None:
+                md_path: str | os.PathLike[str] | None = None, float_format: str = "{:.4f}",
+                columns: Sequence[str] | None = None) -> None:
     """Write a results table as CSV (full precision) and optionally Markdown (rounded).
 
-    Columns are the union of the rows' keys in first-seen order.
+    Columns are the union of the rows' keys in first-seen order, or ``columns`` for a fixed
+    schema (written even with no rows; a row key outside it is an error).
     """
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns.extend(k for k in row if k not in columns)
+    columns = list(columns)
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     if md_path is not None:
         with atomic_path(md_path) as tmp:
-            tmp.write_text(markdown_table(rows, float_format))
+            tmp.write_text(markdown_table(rows, float_format, columns))
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], float_format: str = "{:.4f}") -> str:
-    """Rows as a Markdown table (floats rounded), columns in first-seen order."""
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
+def markdown_table(rows: Sequence[dict[str, Any]], float_format: str = "{:.4f}",
+                   columns: Sequence[str] | None = None) -> str:
+    """Rows as a Markdown table (floats rounded), columns in first-seen order unless given."""
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns.extend(k for k in row if k not in columns)
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):

@@ -86,3 +86,14 @@ def test_checkpoint_loader_is_weights_only_and_strict(tmp_path):
     torch.save({"state_dict": torch.nn.Linear(4, 2).state_dict()}, tmp_path / "wrong.ckpt")
     with pytest.raises(DataError, match="wrong.ckpt: weights do not match|wrong.ckpt"):
         load_weights(other, tmp_path / "wrong.ckpt")
+
+
+def test_write_table_with_a_fixed_schema(tmp_path):
+    write_table([], tmp_path / "empty.csv", columns=["x", "y"])
+    assert (tmp_path / "empty.csv").read_text().splitlines() == ["x,y"]  # header even with no rows
+    write_table([{"y": 2, "x": 1}], tmp_path / "ordered.csv", tmp_path / "ordered.md", columns=["x", "y"])
+    assert (tmp_path / "ordered.csv").read_text().splitlines() == ["x,y", "1,2"]
+    assert (tmp_path / "ordered.md").read_text().splitlines()[0] == "| x | y |"
+    with pytest.raises(ValueError):
+        write_table([{"x": 1, "z": 3}], tmp_path / "bad.csv", columns=["x", "y"])
+    assert not (tmp_path / "bad.csv").exists()  # nothing partial left behind
