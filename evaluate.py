@@ -15,13 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from litseg.checkpoint import load_weights
-from litseg.cli import LitSegCLI
-from litseg.io import markdown_table, write_png
+import yaml
+
+from callbacks.run_config import redact
+from litseg.checkpoint import load_checkpoint, load_weights
+from litseg.cli import LitSegCLI, check_checkpoint_matches_config, run_cli
+from litseg.io import atomic_path, markdown_table, write_png
 
 
 class EvaluateCLI(LitSegCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
+        super().add_arguments_to_parser(parser)
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="checkpoint to evaluate (weights only); methods without weights need none")
         parser.add_argument("--split", type=Literal["val", "test"], default="test")
@@ -34,7 +38,9 @@ def evaluate(args: list[str] | None = None) -> list[dict[str, Any]]:
     cli = EvaluateCLI(args=args, run=False)
     cfg, model, dm, trainer = cli.config, cli.model, cli.datamodule, cli.trainer
     if cfg.ckpt_path:
-        load_weights(model, cfg.ckpt_path, key="state_dict")
+        ckpt = load_checkpoint(cfg.ckpt_path)
+        check_checkpoint_matches_config(cfg.ckpt_path, ckpt, cfg.model, cli.config_sources())
+        load_weights(model, cfg.ckpt_path, key="state_dict", checkpoint=ckpt)
     if cfg.split == "val":
         # Run the validation split through the test loop so the method's test hooks fill its results.
         dm.test_dataloader = dm.val_dataloader
@@ -44,7 +50,12 @@ def evaluate(args: list[str] | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if trainer.is_global_zero:
         rows = model.write_evaluation(output_dir)  # also logs the table and figures to W&B
-        print(markdown_table(rows))
+        # The config beside its results: the run root's config.yaml is rewritten by every evaluation.
+        with atomic_path(output_dir / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(redact(yaml.safe_load(cli.parser.dump(cfg, skip_none=False))),
+                                          sort_keys=False))
+        # Significant digits, as the Markdown files: PDE and similar metrics are ~1e-5.
+        print(markdown_table(rows, float_format="{:.4g}"))
     if cfg.save_predictions:
         save_predictions(trainer.predict(model, datamodule=dm), Path(cfg.save_predictions))
     return rows
@@ -61,4 +72,4 @@ def save_predictions(outputs: list[dict[str, Any]], folder: Path) -> int:
 
 
 if __name__ == "__main__":
-    evaluate()
+    run_cli(evaluate)

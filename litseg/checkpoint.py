@@ -49,9 +49,9 @@ def extract_state_dict(ckpt: Mapping[str, Any], key: str | None = None, prefix: 
 
 
 def load_weights(module: nn.Module, path: str | os.PathLike[str], key: str | None = None,
-                 prefix: str = "", strict: bool = True) -> None:
-    """Load weights from ``path`` into ``module``; mismatches raise naming the file."""
-    sd = extract_state_dict(load_checkpoint(path), key=key, prefix=prefix)
+                 prefix: str = "", strict: bool = True, checkpoint: Mapping[str, Any] | None = None) -> None:
+    """Load weights from ``path`` (or its already loaded ``checkpoint``) into ``module``; mismatches name the file."""
+    sd = extract_state_dict(load_checkpoint(path) if checkpoint is None else checkpoint, key=key, prefix=prefix)
     if not sd:
         raise DataError(path, f"no weights found (key={key!r}, prefix={prefix!r})")
     try:

@@ -1,12 +1,52 @@
-"""The suite's LightningCLI: subclass mode over every method's module and datamodule."""
+"""The suite's LightningCLI: subclass mode over every method's module and datamodule.
+
+Beyond Lightning's own CLI it
+
+* checks that a ``--ckpt_path`` checkpoint was trained with the configured model (Lightning would
+  silently replace the configured model's arguments with the checkpoint's),
+* resumes a run in the run directory its checkpoint lives in, so best-model tracking, ``metrics.csv``
+  and ``config.yaml`` continue where they stopped instead of starting a new ``version_N``,
+* removes credentials from a W&B logger's ``config`` before they reach the W&B run, and
+* turns config and data errors into one sentence naming the file and key (:func:`main`); the full
+  traceback only with ``--debug``.
+"""
 
 from __future__ import annotations
 
+import csv
+import inspect
+import io
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+from jsonargparse import ArgumentError, Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
-from callbacks.run_config import RunConfigSaver
+from callbacks.run_config import RunConfigSaver, redact
+from litseg.checkpoint import load_checkpoint
+from litseg.io import DataError
+
+# Init arguments that may legitimately differ between a checkpoint and the config it resumes under:
+# weights loaded at construction are overwritten by the checkpoint's state anyway.
+RESUME_EXEMPT_KEYS = frozenset({"init_weights"})
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work. The message starts with the config file and the key."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source, self.key, self.problem = source, key, problem
+        super().__init__(f"{source}: {key}: {problem}")
 
 
 def _register_methods() -> tuple[type, type]:
@@ -25,6 +65,7 @@ class LitSegCLI(LightningCLI):
         model_base, data_base = _register_methods()
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        self._argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, Mapping) else []
         super().__init__(
             model_base,
             data_base,
@@ -37,6 +78,313 @@ class LitSegCLI(LightningCLI):
             **kwargs,
         )
 
+    def init_parser(self, **kwargs: Any) -> Any:
+        parser = super().init_parser(**kwargs)
+        # Raise instead of printing ~100 lines of usage: main() turns the error into one sentence.
+        parser.exit_on_error = False
+        return parser
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument(
+            "--torch_threads", type=int | None, default=None,
+            help="torch intra-op threads (torch.set_num_threads). Float sums depend on it, so the deterministic "
+                 "preset pins it: the same config, seed and thread count give the same numbers.")
+
+    # ------------------------------------------------------------------ config sections
+    def _section(self) -> Namespace:
+        """The config of the subcommand being run (or the whole config with ``run=False``)."""
+        subcommand = self.config.get("subcommand")
+        return self.config[subcommand] if subcommand else self.config
+
+    def config_sources(self) -> list[str]:
+        """The ``--config`` files of this invocation, in order (later ones win)."""
+        return _config_files(self._argv) or ["<command line>"]
+
+    # ------------------------------------------------------------------ checkpoints
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` against the configured model instead of adopting its arguments.
+
+        Lightning's version loads the checkpoint's hyper-parameters over the config, so a points
+        recipe given a boxes checkpoint trains boxes and exits 0. Here the config stays the source of
+        truth: the file is loaded by the one safe loader (a non-checkpoint is a ``DataError`` naming
+        it) and any difference in the model's class or init arguments stops the run.
+        """
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self._section().get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+            return
+        ckpt = load_checkpoint(ckpt_path)
+        if "state_dict" not in ckpt:
+            raise DataError(ckpt_path, "not a Lightning checkpoint (no 'state_dict'); "
+                            "use init_weights: for plain weight files")
+        check_checkpoint_matches_config(ckpt_path, ckpt, self._section().get("model"), self.config_sources())
+
+    def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()
+        threads = self._section().get("torch_threads")
+        if threads is not None:
+            if threads < 1:
+                raise ConfigError(locate_key(self._argv, "torch_threads"), "torch_threads",
+                                  f"must be a positive thread count, got {threads}")
+            torch.set_num_threads(threads)
+        _redact_logger_configs(self._section().get("trainer"))
+
+    def before_fit(self) -> None:
+        ckpt_path = self._section().get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            resume_in_run_directory(self.trainer, ckpt_path)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def _class_name(path: str | None) -> str:
+    return (path or "").rsplit(".", 1)[-1]
+
+
+def _plain(value: Any) -> Any:
+    """Config values as plain Python (tuples as lists, Namespaces as dicts) for comparison."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def check_checkpoint_matches_config(ckpt_path: str | os.PathLike[str], ckpt: Mapping[str, Any],
+                                    model_cfg: Any, config_files: Sequence[str]) -> None:
+    """Raise ``DataError`` when the checkpoint's model class or init arguments differ from the config."""
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    hparams.pop("_instantiator", None)
+    ckpt_class = hparams.pop("_class_path", None)
+    model_cfg = _plain(model_cfg) or {}
+    cfg_class, cfg_args = model_cfg.get("class_path"), model_cfg.get("init_args") or {}
+    configs = ", ".join(config_files)
+    if ckpt_class and cfg_class and _class_name(ckpt_class) != _class_name(cfg_class):
+        raise DataError(ckpt_path, f"checkpoint holds a {_class_name(ckpt_class)} but the config ({configs}) "
+                        f"builds a {_class_name(cfg_class)}: model.class_path differs")
+    if not hparams:
+        return
+    differing = []
+    for key in sorted(set(hparams) | set(cfg_args)):
+        if key in RESUME_EXEMPT_KEYS or key not in hparams or key not in cfg_args:
+            # A key only on one side is a default added or removed by a code change, not a recipe mismatch.
+            continue
+        if _plain(hparams[key]) != _plain(cfg_args[key]):
+            differing.append(f"model.init_args.{key} is {_plain(hparams[key])!r} in the checkpoint "
+                             f"but {_plain(cfg_args[key])!r} in the config")
+    if differing:
+        raise DataError(ckpt_path, f"checkpoint does not match the config ({configs}): " + "; ".join(differing))
+
+
+def resume_in_run_directory(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> Path | None:
+    """Point the trainer's loggers at the run directory that holds ``ckpt_path``.
+
+    A checkpoint written by this suite lives in ``<run dir>/checkpoints/``. Resuming there (same
+    logger version / W&B id) keeps Lightning's ``ModelCheckpoint`` state (best score and path, which
+    it drops when its directory changes), the run's ``config.yaml`` and its ``metrics.csv``, whose
+    rows after the checkpoint are cut so the resumed run appends exactly what was lost. Returns the
+    run directory, or ``None`` (with a warning) when the checkpoint is not inside this logger's tree.
+    """
+    ckpt = Path(ckpt_path).resolve()
+    run_dir = ckpt.parent.parent
+    if ckpt.parent.name != "checkpoints" or not trainer.loggers:
+        if trainer.loggers:
+            rank_zero_warn(f"{ckpt_path}: not inside a run's checkpoints/ folder; resuming into a new run directory "
+                           "(best-checkpoint tracking starts again)")
+        return None
+    logger = trainer.loggers[0]
+    if isinstance(logger, (CSVLogger, TensorBoardLogger)):
+        if Path(logger.root_dir).resolve() != run_dir.parent:
+            rank_zero_warn(f"{ckpt_path}: belongs to {run_dir}, not to this logger's {logger.root_dir}; resuming "
+                           "into a new run directory (best-checkpoint tracking starts again)")
+            return None
+        logger._version = run_dir.name  # the version is a folder name; a string is used as-is
+        if isinstance(logger, CSVLogger) and trainer.is_global_zero:
+            _keep_metrics_up_to(logger, load_checkpoint(ckpt_path))
+    elif isinstance(logger, WandbLogger):
+        if (Path(logger.save_dir or ".") / str(logger.name)).resolve() != run_dir.parent:
+            rank_zero_warn(f"{ckpt_path}: belongs to {run_dir}, not to this W&B logger's project folder; resuming "
+                           "into a new run (best-checkpoint tracking starts again)")
+            return None
+        # Continue the same W&B run (its id is the run folder's name).
+        logger._id = run_dir.name
+        logger._wandb_init.update(id=run_dir.name, resume="allow")
+    else:
+        return None
+    return run_dir
+
+
+def _keep_metrics_up_to(logger: CSVLogger, ckpt: Mapping[str, Any]) -> None:
+    """Keep the run's metrics.csv rows up to the checkpoint (Lightning's writer would delete the file)."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header, rows = list(reader.fieldnames or []), list(reader)
+    epoch, step = int(ckpt.get("epoch", -1)), int(ckpt.get("global_step", -1))
+
+    def before_checkpoint(row: dict[str, str]) -> bool:
+        if row.get("epoch"):
+            return int(float(row["epoch"])) <= epoch
+        return bool(row.get("step")) and int(float(row["step"])) <= step
+
+    kept = [row for row in rows if before_checkpoint(row)]
+    writer = logger.experiment  # creating the writer removes the old file ...
+    buffer = io.StringIO()
+    out = csv.DictWriter(buffer, fieldnames=header)
+    out.writeheader()
+    out.writerows(kept)
+    path.write_text(buffer.getvalue())  # ... so write back the rows that precede the checkpoint
+    writer.metrics_keys = header
+
+
+def _redact_logger_configs(trainer_cfg: Any) -> None:
+    """Strip credential-like keys from every logger's ``init_args.config`` (it goes to ``wandb.init``)."""
+    if trainer_cfg is None:
+        return
+    loggers = trainer_cfg.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
+            init_args = logger["init_args"]
+            if init_args.get("config") is not None:
+                init_args["config"] = redact(_plain(init_args["config"]))
+
+
+# ---------------------------------------------------------------------------------- error reporting
+def _config_files(argv: Sequence[str]) -> list[str]:
+    files, it = [], iter(argv)
+    for arg in it:
+        if arg in ("--config", "-c"):
+            files.append(next(it, ""))
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return [f for f in files if f]
+
+
+def _lookup(tree: Any, dotted: str) -> tuple[bool, Any]:
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def locate_key(argv: Sequence[str], key: str) -> str:
+    """Where ``key`` (``model.init_args.lr``) was set: the last config file or ``--key`` argument wins."""
+    short = key.replace(".init_args.", ".")
+    source = "default value (no config file sets it)"
+    it = iter(argv)
+    for arg in it:
+        if arg in ("--config", "-c"):
+            path = next(it, "")
+            try:
+                tree = yaml.safe_load(Path(path).read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            if _lookup(tree, key)[0] or _lookup(tree, short)[0]:
+                source = path
+        elif arg.split("=", 1)[0] in (f"--{key}", f"--{short}"):
+            source = f"command line {arg.split('=', 1)[0]}"
+    return source
+
+
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+_LITERAL = re.compile(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)")
+_NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
+_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>",
+          "Problem with given class_path")
+
+
+def explain_parse_error(message: str, argv: Sequence[str]) -> str:
+    """One sentence out of jsonargparse's nested error text: file, key, problem, allowed values."""
+    keys = _PARSER_KEY.findall(message)
+    key = ".".join(keys[:1] + (["init_args"] if len(keys) > 1 and keys[0] in ("model", "data") else []) + keys[1:])
+    literal = _LITERAL.search(message)
+    if literal:
+        allowed = literal.group(1).replace("'", "")
+        problem = f"{literal.group(2).strip()!r} is not allowed; allowed values: {allowed}"
+    else:
+        lines = [_PARSER_KEY.sub("", ln).strip(" -:") for ln in message.splitlines()]
+        details = [ln for ln in lines if ln and not ln.startswith(_NOISE)]
+        problem = details[-1] if details else message.strip().splitlines()[0]
+        unknown = _NOT_ACCEPTED.search(problem)
+        if unknown:
+            section = f"{key}.init_args" if key in ("model", "data") else key
+            key = f"{section}.{unknown.group(1)}" if key else unknown.group(1)
+            problem = "no such option for this class (see --help for the accepted ones)"
+    if key == "config":
+        return f"command line --config: {problem}"
+    if not key:
+        return f"{', '.join(_config_files(argv)) or 'command line'}: {problem}"
+    return f"{locate_key(argv, key)}: {key}: {problem}"
+
+
+def _failing_init(err: BaseException) -> tuple[object, str] | None:
+    """The outermost suite object whose ``__init__`` raised ``err``, and its config section."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    owner = None
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        if frame.f_code.co_name == "__init__" and "self" in frame.f_locals:
+            candidate = frame.f_locals["self"]
+            if isinstance(candidate, (LightningModule, LightningDataModule)):
+                owner = owner or candidate
+    if owner is None:
+        return None
+    return owner, "model" if isinstance(owner, LightningModule) else "data"
+
+
+def explain_init_error(err: BaseException, argv: Sequence[str]) -> str | None:
+    """A ``ValueError`` from a module's ``__init__``: name the file and the init argument it is about."""
+    inner: BaseException = err
+    while inner.__cause__ is not None and not isinstance(inner, DataError):
+        inner = inner.__cause__
+    if isinstance(inner, DataError):
+        return str(inner)
+    if not isinstance(inner, ValueError):
+        return None
+    found = _failing_init(inner)
+    if found is None:
+        return None
+    owner, section = found
+    names = [p for cls in type(owner).__mro__ if "__init__" in vars(cls)
+             for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+    text = str(inner)
+    mentioned = sorted((m.start(), name) for name in set(names)
+                       for m in [re.search(rf"\b{re.escape(name)}\b", text)] if m)
+    key = f"{section}.init_args.{mentioned[0][1]}" if mentioned else f"{section} ({type(owner).__name__})"
+    return f"{locate_key(argv, key) if mentioned else ', '.join(_config_files(argv)) or 'command line'}: {key}: {text}"
+
+
+def run_cli(entry: Callable[[list[str] | None], Any], argv: Sequence[str] | None = None) -> Any:
+    """Run ``entry(args)``; config and data errors print one sentence (traceback with ``--debug``), exit 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("LITSEG_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    if argv is None:
+        sys.argv[1:] = args  # LightningCLI reads sys.argv itself (and warns when given both)
+    try:
+        return entry(None if argv is None else args)
+    except (ArgumentError, DataError, ConfigError, ValueError) as err:
+        if isinstance(err, ArgumentError):
+            sentence = explain_parse_error(str(err), args)
+        elif isinstance(err, (DataError, ConfigError)):
+            sentence = str(err)
+        else:
+            sentence = explain_init_error(err, args)
+            if sentence is None:
+                raise
+        if debug:
+            traceback.print_exc()
+        print(f"error: {sentence}", file=sys.stderr)
+        if not debug:
+            print("(run again with --debug for the traceback)", file=sys.stderr)
+        sys.exit(2)
+
 
 def main(args: Any = None) -> LitSegCLI:
-    return LitSegCLI(args=args)
+    return run_cli(lambda a: LitSegCLI(args=a), args)
