@@ -18,8 +18,8 @@ from typing import Any, Literal
 import yaml
 
 from callbacks.run_config import redact
-from litseg.checkpoint import load_checkpoint, load_weights
-from litseg.cli import LitSegCLI, check_checkpoint_matches_config, run_cli
+from litseg.checkpoint import load_weights
+from litseg.cli import LitSegCLI, run_cli
 from litseg.io import atomic_path, markdown_table, write_png
 
 
@@ -37,10 +37,8 @@ class EvaluateCLI(LitSegCLI):
 def evaluate(args: list[str] | None = None) -> list[dict[str, Any]]:
     cli = EvaluateCLI(args=args, run=False)
     cfg, model, dm, trainer = cli.config, cli.model, cli.datamodule, cli.trainer
-    if cfg.ckpt_path:
-        ckpt = load_checkpoint(cfg.ckpt_path)
-        check_checkpoint_matches_config(cfg.ckpt_path, ckpt, cfg.model, cli.config_sources())
-        load_weights(model, cfg.ckpt_path, key="state_dict", checkpoint=ckpt)
+    if cfg.ckpt_path:  # already loaded and checked against the config by the CLI, before building anything
+        load_weights(model, cfg.ckpt_path, key="state_dict", checkpoint=cli.checkpoint)
     if cfg.split == "val":
         # Run the validation split through the test loop so the method's test hooks fill its results.
         dm.test_dataloader = dm.val_dataloader

@@ -65,6 +65,7 @@ class LitSegCLI(LightningCLI):
         model_base, data_base = _register_methods()
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        self.checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, loaded and checked
         self._argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, Mapping) else []
         super().__init__(
             model_base,
@@ -109,12 +110,10 @@ class LitSegCLI(LightningCLI):
         truth: the file is loaded by the one safe loader (a non-checkpoint is a ``DataError`` naming
         it) and any difference in the model's class or init arguments stops the run.
         """
-        if not self.config.get("subcommand"):
-            return
         ckpt_path = self._section().get("ckpt_path")
         if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
             return
-        ckpt = load_checkpoint(ckpt_path)
+        self.checkpoint = ckpt = load_checkpoint(ckpt_path)
         if "state_dict" not in ckpt:
             raise DataError(ckpt_path, "not a Lightning checkpoint (no 'state_dict'); "
                             "use init_weights: for plain weight files")

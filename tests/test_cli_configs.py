@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from litseg.cli import LitSegCLI
-from tests.helpers import REPO, run_script
+from litseg.cli import ConfigError, LitSegCLI
+from tests.helpers import REPO, TINY_PET, run_script
 
 RECIPES = sorted(p for p in (REPO / "configs").glob("*/*.yaml") if p.parent.name not in ("trainer", "logger"))
 PRESETS = sorted((REPO / "configs" / "trainer").glob("*.yaml")) + sorted((REPO / "configs" / "logger").glob("*.yaml"))
@@ -77,3 +81,113 @@ def test_config_is_saved_in_the_run_directory_without_secrets(tmp_path):
     saved = Path(cli.trainer.log_dir) / "config.yaml"
     assert saved.is_file() and str(tmp_path) in str(saved)
     assert yaml.safe_load(saved.read_text())["model"]["class_path"].endswith("WeakLabelUNet")
+
+
+# ------------------------------------------------------------------ errors: one sentence first
+def _fails(args: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """Run a script expected to stop on bad input; return its stderr lines (warnings dropped)."""
+    full_env = os.environ.copy() | {"PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"} | (env or {})
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
+    return [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn(" not in ln]
+
+
+def _bad_recipe(tmp_path, section: str, key: str, value) -> Path:
+    cfg = yaml.safe_load((REPO / "configs/weak_unet/points.yaml").read_text())
+    cfg[section]["init_args"][key] = value
+    bad = tmp_path / f"bad_{key}.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    return bad
+
+
+@pytest.mark.parametrize(("section", "key", "value", "expected"), [
+    ("model", "supervision", ["pointz"], "'pointz' is not allowed; allowed values: tags, points, scribbles, boxes, full"),
+    ("model", "lr", -0.1, "lr must be positive, got -0.1"),
+    ("data", "label_set", "breeds", "'breeds' is not allowed; allowed values: binary, species, breed"),
+])
+def test_config_errors_are_one_sentence_naming_the_file_and_key(tmp_path, section, key, value, expected):
+    bad = _bad_recipe(tmp_path, section, key, value)
+    lines = _fails(["train.py", "fit", "--config", str(bad), "--trainer.max_epochs", "1"])
+    first = next(ln for ln in lines if ln.startswith("error:"))
+    assert first == f"error: {bad}: {section}.init_args.{key}: {expected}"
+    assert not any(ln.startswith(("usage:", "Traceback")) for ln in lines), lines
+    assert len(lines) <= 3, lines
+
+
+def test_errors_name_the_command_line_override_and_debug_shows_the_traceback(tmp_path):
+    lines = _fails(["train.py", "fit", "--config", "configs/weak_unet/points.yaml", "--model.init_args.lrr", "3"])
+    assert lines[0] == ("error: command line --model.init_args.lrr: model.init_args.lrr: no such option for this "
+                        "class (see --help for the accepted ones)")
+    bad = _bad_recipe(tmp_path, "model", "lr", -0.1)
+    lines = _fails(["train.py", "fit", "--config", str(bad), "--debug"])
+    assert any(ln.startswith("Traceback") for ln in lines)
+    assert lines[-1] == f"error: {bad}: model.init_args.lr: lr must be positive, got -0.1"
+
+
+def test_data_errors_print_the_message_first_without_a_traceback(tmp_path):
+    lines = _fails(["train.py", "fit", "--config", "configs/weak_unet/points.yaml", "--data.init_args.root",
+                    str(tmp_path / "nowhere"), "--trainer.default_root_dir", str(tmp_path)])
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert errors and errors[0].startswith(f"error: {tmp_path / 'nowhere'}: data root not found")
+    assert not any(ln.startswith("Traceback") for ln in lines)
+
+
+# ------------------------------------------------------------------ checkpoints given to fit / evaluate
+def _checkpoint(tmp_path, name: str, class_path: str, **hparams) -> Path:
+    path = tmp_path / f"{name}.ckpt"
+    torch.save({"state_dict": {}, "epoch": 0, "global_step": 0,
+                "hyper_parameters": {**hparams, "_class_path": class_path, "_instantiator": "x"}}, path)
+    return path
+
+
+def test_checkpoint_of_another_recipe_or_method_stops_naming_checkpoint_config_and_keys(tmp_path):
+    recipe = "configs/weak_unet/points.yaml"
+    boxes = _checkpoint(tmp_path, "boxes", "lit_modules.weak_unet.WeakLabelUNet", num_classes=2,
+                        supervision=["boxes"], lr=0.003, encoder_name="efficientnet-b0")
+    lines = _fails(["train.py", "fit", "--config", recipe, "--ckpt_path", str(boxes)])
+    assert lines[0] == (f"error: {boxes}: checkpoint does not match the config ({recipe}): model.init_args.supervision "
+                        "is ['boxes'] in the checkpoint but ['points'] in the config")
+    clickability = _checkpoint(tmp_path, "clicks", "lit_modules.clickability.ClickabilityModel", backbone="resnet18")
+    for script in (["train.py", "fit"], ["evaluate.py", "--output_dir", str(tmp_path / "out")]):
+        lines = _fails([*script, "--config", recipe, "--ckpt_path", str(clickability), "--trainer.logger", "false"])
+        assert lines[0] == (f"error: {clickability}: checkpoint holds a ClickabilityModel but the config ({recipe}) "
+                            "builds a WeakLabelUNet: model.class_path differs")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_gets_one_message_from_fit_and_evaluate(tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"\x00\x01 not a checkpoint")
+    firsts = []
+    for script in (["train.py", "fit"], ["evaluate.py", "--output_dir", str(tmp_path / "out")]):
+        lines = _fails([*script, "--config", "configs/weak_unet/points.yaml", "--ckpt_path", str(junk),
+                        "--trainer.logger", "false"])
+        firsts.append(lines[0])
+    assert firsts[0] == firsts[1]
+    assert firsts[0].startswith(f"error: {junk}: cannot load checkpoint with weights_only=True")
+
+
+# ------------------------------------------------------------------ threads, W&B secrets
+def test_torch_threads_is_a_config_key_and_the_deterministic_preset_pins_it():
+    before = torch.get_num_threads()
+    try:
+        LitSegCLI(run=False, args=["--config", str(REPO / "configs/weak_unet/points.yaml"),
+                                   "--config", str(REPO / "configs/trainer/deterministic.yaml")])
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ConfigError, match="torch_threads: must be a positive thread count, got 0"):
+            LitSegCLI(run=False, args=["--config", str(REPO / "configs/weak_unet/points.yaml"), "--torch_threads", "0"])
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_wandb_key_in_the_logger_config_reaches_neither_config_yaml_nor_the_wandb_run(tmp_path):
+    run_script(["train.py", "fit", "--config", "configs/weak_unet/full.yaml", "--config",
+                "configs/logger/wandb_offline.yaml", *TINY_PET, "--trainer.max_epochs", "1",
+                "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+                "--trainer.logger.init_args.save_dir", str(tmp_path),
+                "--trainer.logger.init_args.config", '{"wandb_api_key": "SECRET-1234", "study_note": "kept"}'],
+               env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)})
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    records = b"".join(p.read_bytes() for p in files if p.suffix in (".wandb", ".yaml", ".json"))
+    assert b"kept" in records  # the harmless key made it, so the check below is looking in the right place
+    assert b"SECRET-1234" not in b"".join(p.read_bytes() for p in files)

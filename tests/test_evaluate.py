@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 import evaluate
@@ -22,6 +23,10 @@ def test_evaluate_writes_results_and_predictions_at_original_size(tmp_path):
                               "--output_dir", str(tmp_path / "out"), "--save_predictions", str(tmp_path / "pred")])
     assert rows[0]["supervision"] == "full" and 0.0 <= rows[0]["mIoU"] <= 1.0
     assert (tmp_path / "out" / "results.csv").read_text().startswith("supervision,")
+    # The config that produced these results sits beside them (the run root's copy is shared by evaluations).
+    saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert saved["ckpt_path"] == str(ckpt) and saved["model"]["class_path"].endswith("WeakLabelUNet")
+    assert saved["output_dir"] == str(tmp_path / "out")
     preds = sorted((tmp_path / "pred").glob("*.png"))
     pet_root = REPO / "sample_data/oxford_pet_subset"
     test_stems = split_stems(scan_pets(pet_root), pet_root, 0.2, 0.2, seed=0)["test"]
