@@ -96,3 +96,34 @@ def test_crash_after_the_best_epoch_then_resume_equals_the_uninterrupted_run(tmp
     results = [cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
                for cli in (straight, resumed)]
     assert results[0] == results[1]
+
+
+def test_wandb_run_resumes_in_its_own_folder_and_keeps_the_best_score(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    common = ["--config", str(REPO / "configs/logger/wandb_offline.yaml"), "--trainer.logger.init_args.save_dir",
+              str(tmp_path)]
+
+    def fit(crash_at=None, ckpt_path=None):
+        callbacks = [{"class_path": "callbacks.RunCheckpoint", "init_args": {"monitor": "val/mIoU", "mode": "max"}}]
+        if crash_at is not None:
+            callbacks.append({"class_path": "tests.test_resume.CrashAtEpoch", "init_args": {"epoch": crash_at}})
+        extra = tmp_path / f"cb-{crash_at}.yaml"
+        extra.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+        args = ["fit", "--config", str(REPO / "configs/weak_unet/full.yaml"), *common, "--config", str(extra),
+                *TINY_PET, "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "1",
+                "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path)]
+        return LitSegCLI(args=[*args, "--ckpt_path", str(ckpt_path)] if ckpt_path else args)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(crash_at=2)
+    runs = [p for p in (tmp_path / "litseg").iterdir() if p.is_dir()]
+    assert len(runs) == 1
+    last = runs[0] / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)["callbacks"]
+    best_before = next(v for k, v in saved.items() if k.startswith("RunCheckpoint"))["best_model_score"]
+    resumed = fit(ckpt_path=last)
+    assert [p for p in (tmp_path / "litseg").iterdir() if p.is_dir()] == runs  # same W&B run id, same folder
+    assert resumed.trainer.logger.version == runs[0].name
+    assert resumed.trainer.checkpoint_callback.best_model_score.item() >= best_before.item()
+    assert resumed.trainer.checkpoint_callback.dirpath == str(runs[0] / "checkpoints")
