@@ -9,7 +9,9 @@ keep the checkpoint with the best ``val/SIM`` (mode max), as upstream's ``best.p
 ``test``: the click-distribution metrics of Table 3 (KS / PL1 / WD / NSS / PDE, note 3.4)
 per full_stem at image resolution, for the trained network ("Ours") and the UD / DT
 baselines, with the same bootstrap draws for every model; ``write_evaluation`` writes the
-per-dataset table (``results.csv`` / ``.md``) and the per-full_stem rows.
+per-dataset table (``results.csv`` / ``.md``) and the per-full_stem rows. KS uses RClicks'
+statistic (``ndtest.ks2d2s``) unless ``ks_variant: textbook``; the tables' KS column says which
+(``KS (ndtest ks2d2s)`` / ``KS (textbook Fasano-Franceschini)``), the logged key stays ``KS``.
 
 Differences from upstream, on purpose: a timm CNN + FPN-style head instead of SegNeXt-B
 (see :mod:`nets.clickability`); the cosine decays to 0 at the last step, where upstream's
@@ -28,6 +30,8 @@ from lit_modules.base import LitSegModule
 from litseg.seeding import item_rng
 from metrics.click_distribution import (
     BOOTSTRAP_DRAWS,
+    KS_VARIANTS,
+    KSVariant,
     aggregate_scores,
     click_distribution_scores,
     click_distribution_table,
@@ -49,6 +53,9 @@ class ClickabilityModel(LitSegModule):
         eval_draws: bootstrap draws per full_stem for KS / PL1 / WD (100 upstream).
         eval_seed: seed of the per-full_stem bootstrap generator.
         eval_baselines: also score the UD and DT baselines in the test loop.
+        ks_variant: the 2-D KS statistic behind KS: ``"rclicks"`` (default; ``ndtest.ks2d2s``
+            as in RClicks' Table 3) or ``"textbook"`` (Fasano-Franceschini as in Numerical
+            Recipes); see :mod:`metrics.click_distribution`.
     """
 
     def __init__(
@@ -68,18 +75,22 @@ class ClickabilityModel(LitSegModule):
         eval_draws: int = BOOTSTRAP_DRAWS,
         eval_seed: int = 42,
         eval_baselines: bool = True,
+        ks_variant: KSVariant = "rclicks",
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
                          warmup_fraction=warmup_fraction, init_weights=init_weights)
         self.save_hyperparameters()
         if eval_draws < 1:
             raise ValueError(f"eval_draws must be >= 1, got {eval_draws}")
+        if ks_variant not in KS_VARIANTS:
+            raise ValueError(f"ks_variant must be one of {KS_VARIANTS}, got {ks_variant!r}")
         self.net = ClickabilityNet(backbone=backbone, pretrained=pretrained, fusion=fusion,
                                    decoder_channels=decoder_channels, backbone_weights=backbone_weights,
                                    dropout=dropout)
         self.eval_draws = eval_draws
         self.eval_seed = eval_seed
         self.eval_baselines = eval_baselines
+        self.ks_variant = ks_variant
         self.val_kld, self.val_cc, self.val_sim = SaliencyKLD(), SaliencyCC(), SaliencySIM()
         self.test_rows: list[dict[str, Any]] = []
         self.load_init_weights()
@@ -124,7 +135,8 @@ class ClickabilityModel(LitSegModule):
         for name, prob_map in maps.items():
             # The same draws for every model of a full_stem (common random numbers).
             rng = item_rng(self.eval_seed, batch["dataset"], batch["full_stem"])
-            scores = click_distribution_scores(prob_map, batch["clicks_xy"], batch["gt"], rng, self.eval_draws)
+            scores = click_distribution_scores(prob_map, batch["clicks_xy"], batch["gt"], rng, self.eval_draws,
+                                               ks_variant=self.ks_variant)
             self.test_rows.append({"model": name, "dataset": batch["dataset"], "full_stem": batch["full_stem"],
                                    "click_type": batch["click_type"], "clicks": len(batch["clicks_xy"])} | scores)
 
@@ -144,10 +156,12 @@ class ClickabilityModel(LitSegModule):
 
     def write_evaluation(self, output_dir: Path) -> list[dict[str, Any]]:
         """``results.csv`` / ``.md`` (Table 3: KS / PL1 / WD / NSS / PDE per model and dataset) and
-        ``results_per_stem.csv`` (one row per model and full_stem)."""
+        ``results_per_stem.csv`` (one row per model and full_stem); the KS column is named after
+        ``ks_variant`` (e.g. ``KS (ndtest ks2d2s)``)."""
         if not self.evaluation_rows:
             raise RuntimeError("ClickabilityModel: no evaluation results; run the test loop first")
         if self._trainer is not None and not self.trainer.is_global_zero:
             return self.evaluation_rows
-        return click_distribution_table(self.test_rows, Path(output_dir), name="results")
+        return click_distribution_table(self.test_rows, Path(output_dir), name="results",
+                                        ks_variant=self.ks_variant)
 
