@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +137,88 @@ def first_clicks_by_instance(clicks: Sequence[UserClick]) -> dict[tuple[str, str
         if click.click_type == "first":
             out[(click.dataset, click.full_stem)].append(click)
     return dict(out)
+
+
+@dataclass
+class ClickMatch:
+    """First clicks of clicks.csv matched against the evaluated images (:func:`match_first_clicks`)."""
+
+    by_instance: dict[tuple[str, str], list[UserClick]]  # (dataset in clicks.csv, full_stem) -> clicks
+    unmatched: list[tuple[UserClick, str]]  # rows naming an image or object the datasets lack, with why
+    not_evaluated: int  # rows of images or datasets that exist but are not evaluated in this run
+    frame_problems: list[DataError]  # rows whose w x h frame does not fit their image
+
+
+def match_first_clicks(
+    clicks: Sequence[UserClick],
+    images: Mapping[tuple[str, str], tuple[int, int, Sequence[int]]],
+    folders: Mapping[str, str],
+    left_out: Collection[tuple[str, str]] = (),
+    known_datasets: Collection[str] = (),
+) -> ClickMatch:
+    """Match every first click to an evaluated image and instance, and check its frame.
+
+    ``images`` maps ``(dataset name in clicks.csv, image_stem)`` to ``(height, width,
+    instance_ids)`` of every evaluated image (as loaded); ``folders`` maps the evaluated
+    datasets' clicks.csv names to their folders (for messages); ``left_out`` holds the
+    ``(dataset, image_stem)`` that exist but are not evaluated (``max_images``);
+    ``known_datasets`` the clicks.csv names of datasets that exist but are not evaluated.
+
+    A row whose dataset is evaluated but whose image or object is not there, or whose dataset
+    is none of the known ones, is *unmatched*; a row whose click frame does not fit its image
+    (:meth:`UserClick.in_image`) is a frame problem. Nothing is raised: the caller decides.
+    """
+    by_instance: dict[tuple[str, str], list[UserClick]] = defaultdict(list)
+    unmatched: list[tuple[UserClick, str]] = []
+    frame_problems: list[DataError] = []
+    not_evaluated = 0
+    for click in clicks:
+        if click.click_type != "first":
+            continue  # user mode replays first clicks only
+        if click.dataset not in folders:
+            if click.dataset in known_datasets:
+                not_evaluated += 1
+            else:
+                unmatched.append((click, f"dataset '{click.dataset}' is none of "
+                                         f"{sorted({*folders, *known_datasets})}"))
+            continue
+        image = images.get((click.dataset, click.image_stem))
+        if image is None:
+            if (click.dataset, click.image_stem) in left_out:
+                not_evaluated += 1
+            else:
+                unmatched.append((click, f"image '{click.image_stem}' is not in {folders[click.dataset]}"))
+            continue
+        height, width, ids = image
+        if click.object_id is None and len(ids) != 1:
+            unmatched.append((click, f"no object_stem, but image '{click.image_stem}' has {len(ids)} objects"))
+            continue
+        if click.object_id is not None and click.object_id not in ids:
+            unmatched.append((click, f"object {click.object_id} is not in the mask of image '{click.image_stem}' "
+                                     f"(ids {list(ids)})"))
+            continue
+        instance = click.object_id if click.object_id is not None else ids[0]
+        if instance_key(click.image_stem, instance, len(ids)) != click.full_stem:
+            unmatched.append((click, f"image '{click.image_stem}' has a single object, so its full_stem is "
+                                     f"'{click.image_stem}', not {click.full_stem!r}"))
+            continue
+        try:
+            click.in_image(height, width)
+        except DataError as err:
+            frame_problems.append(err)
+            continue
+        by_instance[(click.dataset, click.full_stem)].append(click)
+    return ClickMatch(dict(by_instance), unmatched, not_evaluated, frame_problems)
+
+
+def describe_unmatched(match: ClickMatch, shown: int = 10) -> str:
+    """``N first-click row(s) ... (lines a, b, ...; line a: why; ...)`` for an error or a warning."""
+    rows = match.unmatched
+    lines = ", ".join(str(c.line) for c, _ in rows[:shown]) + (f", ... ({len(rows) - shown} more)"
+                                                             if len(rows) > shown else "")
+    reasons = "; ".join(f"line {c.line}: {why}" for c, why in rows[:3])
+    return (f"{len(rows)} first-click row(s) refer to an image or object the evaluated datasets do not have "
+            f"(lines {lines}). {reasons}")
 
 
 def nsr(ious_per_instance: Sequence[Sequence[float]]) -> float:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from litseg.io import DataError
+from litseg.io import CheckReport, DataError, FileCheck, load_check_cache, run_checks, save_check_cache
+
+CHECK_CACHE_NAME = "data_check_cache.json"
+# The splits each Lightning stage reads (None: every split).
+STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
+    "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",),
+    None: ("train", "val", "test"),
+}
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -69,10 +78,45 @@ class LitSegDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self._checked: dict[str, dict] = {}  # entries of the checks passed in this process
 
     def check_root(self) -> None:
         if not self.root.is_dir():
             raise DataError(self.root, "data root not found (set --data.root)")
+
+    def check_cache_path(self) -> Path | None:
+        """``data_check_cache.json`` in the run directory of the attached trainer (beside its
+        checkpoints and config.yaml). None without a trainer, or for a trainer that neither logs
+        nor checkpoints: it has no run folder, and the cache must not land in the working directory."""
+        trainer = self.trainer
+        if not isinstance(trainer, Trainer) or (not trainer.loggers and trainer.checkpoint_callback is None):
+            return None
+        from callbacks.run_config import run_directory  # lazy: callbacks import W&B helpers
+
+        return run_directory(self.trainer) / CHECK_CACHE_NAME
+
+    def check_files(self, checks: Sequence[FileCheck], what: str) -> CheckReport:
+        """Run the up-front data checks of ``what`` (e.g. "Oxford-IIIT Pet train + val").
+
+        Checks whose files are unchanged since they passed, in this process or in this run
+        (``data_check_cache.json`` in the run directory, written by global rank 0), are not
+        run again. Returns the report; the caller raises its problems (with its own
+        cross-file ones) through :func:`litseg.io.raise_problems`.
+        """
+        cache_path = self.check_cache_path()
+        stored = load_check_cache(cache_path) if cache_path is not None else {}
+        report = run_checks(checks, stored | self._checked)
+        self._checked |= report.entries
+        if cache_path is not None and report.read and self.world()[1] == 0:
+            merged = {k: v for k, v in stored.items() if k not in report.failed} | report.entries
+            try:
+                save_check_cache(cache_path, merged)
+            except OSError as err:  # only a speed-up: never stop a run for it
+                warnings.warn(f"{cache_path}: cannot write the data-check cache ({err})", stacklevel=2)
+        n_files = len({f for c in checks for f in c.files})
+        rank_zero_info(f"Data check of {what}: {n_files} files, {report.read} checks read, {report.cached} unchanged "
+                       f"since checked, {len(report.problems)} problem(s), {report.seconds:.2f} s")
+        return report
 
     def world(self) -> tuple[int, int]:
         """(number of processes, this process's global rank) of the attached trainer."""

@@ -20,6 +20,7 @@ stems (RClicks evaluates on TETRIS val).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +33,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from clicking.click_maps import DEFAULT_SIZE, ClickMapCache, Letterbox, error_mask, gt_click_map
 from clicking.user_clicks import UserClick, read_user_clicks
-from datamodules.base import LitSegDataModule
+from datamodules.base import STAGE_SPLITS, LitSegDataModule
 from datamodules.interactive import (
     DATASETS,
     DatasetName,
     ImageRecord,
+    ImageSummary,
     load_sample,
+    record_check,
     scan_dataset,
+    summaries,
 )
-from litseg.io import DataError, read_mask
+from litseg.io import DataError, FileCheck, check_key, raise_problems, read_mask, read_text
 from litseg.seeding import item_rng
 
 
@@ -58,8 +62,13 @@ class ClickTask:
 
     @property
     def where(self) -> str:
-        """``clicks.csv line N`` of the first row, for error messages."""
+        """``line N`` of the first row, for error messages on the clicks file."""
         return f"line {self.clicks[0].line}"
+
+    @property
+    def source(self) -> str:
+        """``<clicks file name> line N`` of the first row, for error messages on other files."""
+        return f"{self.clicks[0].path.name} line {self.clicks[0].line}"
 
 
 def read_stem_list(path: str | Path) -> list[str]:
@@ -68,7 +77,7 @@ def read_stem_list(path: str | Path) -> list[str]:
     if not path.is_file():
         raise DataError(path, "split list not found")
     stems = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path).splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             stems.append(line)
@@ -77,55 +86,96 @@ def read_stem_list(path: str | Path) -> list[str]:
     return stems
 
 
-def collect_tasks(clicks: Sequence[UserClick], clicks_path: Path, root: Path, dataset: str,
-                  previous_masks: Path | None) -> list[ClickTask]:
-    """Group the clicks of ``dataset`` into full_stems, checking them against the dataset."""
+def find_tasks(clicks: Sequence[UserClick], clicks_path: Path, root: Path, dataset: str,
+               previous_masks: Path | None) -> tuple[list[ClickTask], list[DataError]]:
+    """Group the clicks of ``dataset`` into full_stems, checking them against the dataset's files.
+
+    Returns the tasks and a problem for each full_stem that cannot be used (its rows disagree,
+    its image is unknown, its previous mask is missing); those full_stems are left out.
+    """
     records = {r.stem: r for r in scan_dataset(root, dataset)}
     name_in_csv = DATASETS[dataset].clicks_name
     grouped: dict[str, list[UserClick]] = {}
     for click in clicks:
         if click.dataset == name_in_csv:
             grouped.setdefault(click.full_stem, []).append(click)
-    tasks = []
+    tasks, problems = [], []
     for full_stem, rows in grouped.items():
         first = rows[0]
-        for row in rows[1:]:
-            if (row.image_stem, row.object_id, row.click_type) != (first.image_stem, first.object_id, first.click_type):
-                raise DataError(clicks_path, f"line {row.line}: full_stem {full_stem!r} changes image, object or "
-                                             f"click type (first seen on line {first.line})")
+        changed = [row for row in rows[1:]
+                   if (row.image_stem, row.object_id, row.click_type) != (first.image_stem, first.object_id,
+                                                                          first.click_type)]
+        if changed:
+            problems.append(DataError(clicks_path, f"line {changed[0].line}: full_stem {full_stem!r} changes image, "
+                                                   f"object or click type (first seen on line {first.line})"))
+            continue
         if first.image_stem not in records:
-            raise DataError(clicks_path, f"line {first.line}: image '{first.image_stem}' not found in "
-                                         f"{root / dataset}")
+            problems.append(DataError(clicks_path, f"line {first.line}: image '{first.image_stem}' not found in "
+                                                   f"{root / dataset}"))
+            continue
         previous = None
         if first.click_type != "first":
             if previous_masks is None:
-                raise DataError(clicks_path, f"line {first.line}: a {first.click_type} click needs its previous "
-                                             "mask; set previous_masks")
+                problems.append(DataError(clicks_path, f"line {first.line}: a {first.click_type} click needs its "
+                                                       "previous mask; set previous_masks"))
+                continue
             previous = previous_masks / f"{full_stem}.png"
             if not previous.is_file():
-                raise DataError(previous, f"previous mask of full_stem {full_stem!r} ({clicks_path.name} "
-                                          f"line {first.line}) not found")
+                problems.append(DataError(previous, f"previous mask of full_stem {full_stem!r} ({clicks_path.name} "
+                                                    f"line {first.line}) not found"))
+                continue
         tasks.append(ClickTask(dataset, full_stem, records[first.image_stem], first.object_id, first.click_type,
                                tuple(rows), previous))
-    return tasks
+    return tasks, problems
+
+
+def object_problem(task: ClickTask, instance_ids: Sequence[int], clicks_path: Path) -> DataError | None:
+    """The problem of a task whose object is not (or not unambiguously) in its image's mask."""
+    if task.object_id is None:
+        if len(instance_ids) != 1:
+            return DataError(clicks_path, f"{task.where}: no object_stem, but image '{task.record.stem}' has "
+                                          f"{len(instance_ids)} instances")
+    elif task.object_id not in instance_ids:
+        return DataError(clicks_path, f"{task.where}: object {task.object_id} not in the mask of image "
+                                      f"'{task.record.stem}' (ids {list(instance_ids)})")
+    return None
+
+
+# Version of the previous-mask check's rule (bump when _previous_mask's reading changes).
+PREVIOUS_MASK_RULE = "rclicks-previous-mask/1"
+
+
+def check_previous_mask(task: ClickTask) -> dict[str, Any]:
+    """Decode a previous mask as :func:`_previous_mask` does; returns its ``size``."""
+    assert task.previous_mask is not None
+    try:
+        prev = read_mask(task.previous_mask, "first_channel")
+    except DataError as err:
+        raise DataError(err.path, f"{err.problem} (the previous mask of full_stem {task.full_stem!r}, "
+                                  f"{task.source})") from err
+    return {"size": [int(prev.shape[0]), int(prev.shape[1])]}
+
+
+def previous_mask_check(task: ClickTask) -> FileCheck:
+    assert task.previous_mask is not None
+    return FileCheck(check_key(PREVIOUS_MASK_RULE, task.previous_mask), (task.previous_mask,),
+                     functools.partial(check_previous_mask, task))
 
 
 def _instance_mask(task: ClickTask, sample: dict[str, Any], clicks_path: Path) -> np.ndarray:
     ids = sample["instance_ids"]
+    problem = object_problem(task, ids, clicks_path)
+    if problem is not None:
+        raise problem
     if task.object_id is None:
-        if len(ids) != 1:
-            raise DataError(clicks_path, f"{task.where}: no object_stem, but image '{task.record.stem}' has "
-                                         f"{len(ids)} instances")
         return sample["instances"][0]
-    if task.object_id not in ids:
-        raise DataError(clicks_path, f"{task.where}: object {task.object_id} not in the mask of image "
-                                     f"'{task.record.stem}' (ids {ids})")
     return sample["instances"][ids.index(task.object_id)]
 
 
 def _previous_mask(task: ClickTask, shape: tuple[int, int]) -> np.ndarray:
     """The previous mask at image resolution. A mask at the clicks' original frame size
-    (TETRIS images are loaded limited to 2048 px) is resized; any other size is an error."""
+    (TETRIS images are loaded limited to 2048 px) is resized; any other size is an error
+    naming the mask and the clicks.csv line of the full_stem that refers to it."""
     assert task.previous_mask is not None
     prev = read_mask(task.previous_mask, "first_channel")
     if prev.shape == shape:
@@ -135,7 +185,8 @@ def _previous_mask(task: ClickTask, shape: tuple[int, int]) -> np.ndarray:
         resized = cv2.resize(prev, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
         return resized > 127
     raise DataError(task.previous_mask, f"size {prev.shape[1]}x{prev.shape[0]} matches neither the image "
-                                        f"({shape[1]}x{shape[0]}) nor the clicks' frame ({frame[1]}x{frame[0]})")
+                                        f"({shape[1]}x{shape[0]}) nor the clicks' frame ({frame[1]}x{frame[0]}) "
+                                        f"of full_stem {task.full_stem!r} ({task.source})")
 
 
 def load_task(task: ClickTask, clicks_path: Path, sigma: float, size: int, cache: ClickMapCache | None,
@@ -150,7 +201,7 @@ def load_task(task: ClickTask, clicks_path: Path, sigma: float, size: int, cache
     error = error_mask(task.click_type, gt, previous)
     if not error.any():
         raise DataError(task.previous_mask or task.record.mask,
-                        f"empty error region for full_stem {task.full_stem!r} ({task.click_type})")
+                        f"empty error region for full_stem {task.full_stem!r} ({task.click_type}, {task.source})")
     clicks_yx = [c.in_image(height, width) for c in task.clicks]  # rescales; outside the image -> DataError
     clicks_xy = np.array([(x, y) for y, x in clicks_yx], dtype=np.int64)
 
@@ -280,11 +331,18 @@ class ClickMapDataModule(LitSegDataModule):
         return ClickMapCache(self.cache.folder / dataset) if self.cache is not None else None
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the full_stems of the splits ``stage`` reads and check them before the first step:
+        every image and instance mask is loaded as in training, every previous mask decoded, every
+        object looked up in its mask; one error lists every problem (files unchanged since they
+        passed are not read again, see :meth:`LitSegDataModule.check_files`).
+        """
         self.check_root()
         clicks = read_user_clicks(self.clicks_path)
         train, val = self._split_stems()
-        tasks = collect_tasks(clicks, self.clicks_path, self.root, self.dataset, self.previous_masks)
+        tasks, problems = find_tasks(clicks, self.clicks_path, self.root, self.dataset, self.previous_masks)
         caches = {name: self._cache_for(name) for name in {self.dataset, *self.test_datasets}}
+        splits = STAGE_SPLITS.get(stage, STAGE_SPLITS[None])
+        checked: list[ClickTask] = []
         if stage in (None, "fit", "validate"):
             if train is None or val is None:
                 raise ValueError("training needs both train_list and val_list (image-stem split files)")
@@ -292,21 +350,47 @@ class ClickMapDataModule(LitSegDataModule):
             val_tasks = [t for t in tasks if t.record.stem in val]
             for path, chosen in ((self.train_list, train_tasks), (self.val_list, val_tasks)):
                 if not chosen:
+                    raise_problems(problems, self.clicks_path, f"{self.dataset} rows")
                     raise DataError(path, f"none of its images has clicks in {self.clicks_path}")
             self.train_set = ClickMapSet(train_tasks, self.clicks_path, self.sigma, self.input_size, caches)
             self.val_set = ClickMapSet(val_tasks, self.clicks_path, self.sigma, self.input_size, caches)
+            checked += (train_tasks if "train" in splits else []) + val_tasks
         if stage in (None, "test"):
             test_tasks: list[ClickTask] = []
             for name in self.test_datasets:
-                found = tasks if name == self.dataset else collect_tasks(
-                    clicks, self.clicks_path, self.root, name, self.previous_masks)
-                if name == self.dataset and val is not None:
-                    found = [t for t in found if t.record.stem in val]
+                if name == self.dataset:
+                    found = tasks if val is None else [t for t in tasks if t.record.stem in val]
+                else:
+                    found, more = find_tasks(clicks, self.clicks_path, self.root, name, self.previous_masks)
+                    problems += more
                 if not found:
+                    raise_problems(problems, self.clicks_path, f"{name} rows")
                     raise DataError(self.clicks_path, f"no full_stems of dataset {name} to evaluate")
                 test_tasks.extend(found)
             self.test_set = ClickMapSet(test_tasks, self.clicks_path, self.sigma, self.input_size, caches,
                                         full_resolution=True)
+            checked += test_tasks
+        problems += self._check_tasks(checked, stage)
+        raise_problems(problems, self.root, f"{self.clicks_path.name} full_stems of stage {stage or 'all'}, "
+                                            "checked before the first step")
+
+    def _check_tasks(self, tasks: Sequence[ClickTask], stage: str | None) -> list[DataError]:
+        """Load every image / instance mask and decode every previous mask of ``tasks``; look
+        each task's object up in its mask. Returns the problems."""
+        tasks = list({(t.dataset, t.full_stem): t for t in tasks}.values())  # val is also test: once each
+        records = list({t.record: None for t in tasks})
+        previous = list({t.previous_mask: t for t in tasks if t.previous_mask is not None}.values())
+        checks = [record_check(r) for r in records] + [previous_mask_check(t) for t in previous]
+        report = self.check_files(checks, f"{self.clicks_path.name} ({stage or 'all stages'})")
+        problems = list(report.problems)
+        found: dict[tuple[str, str], ImageSummary] = summaries(records, report.infos)
+        for task in tasks:
+            summary = found.get((task.record.dataset, task.record.stem))
+            if summary is not None:
+                problem = object_problem(task, summary.instance_ids, self.clicks_path)
+                if problem is not None:
+                    problems.append(problem)
+        return problems
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:

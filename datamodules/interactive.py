@@ -26,7 +26,9 @@ yields it un-batched (one image per step). Under DDP each rank takes the images
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +38,17 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import LitSegDataModule
-from litseg.io import DataError, check_same_size, index_by_stem, list_images, read_image, read_mask
+from litseg.io import (
+    DataError,
+    FileCheck,
+    check_key,
+    check_same_size,
+    index_by_stem,
+    list_images,
+    raise_problems,
+    read_image,
+    read_mask,
+)
 
 MaskEncoding = Literal["grabcut", "nonzero", "rgb_ids"]
 
@@ -69,8 +81,9 @@ class ImageRecord:
     mask: Path
 
 
-def scan_dataset(root: Path, name: str) -> list[ImageRecord]:
-    """Pair the images and masks of ``<root>/<name>`` by stem (sorted by image file name)."""
+def find_dataset(root: Path, name: str) -> tuple[list[ImageRecord], list[DataError]]:
+    """The image / mask pairs of ``<root>/<name>`` by stem (sorted by image file name), and a
+    problem for every image without a mask and every mask without an image."""
     if name not in DATASETS:
         raise DataError(root / name, f"unknown dataset '{name}'; known: {sorted(DATASETS)}")
     layout = DATASETS[name]
@@ -80,15 +93,21 @@ def scan_dataset(root: Path, name: str) -> list[ImageRecord]:
     image_dir, mask_dir = folder / layout.image_dir, folder / layout.mask_dir
     images = index_by_stem(list_images(image_dir), image_dir)
     masks = index_by_stem(list_images(mask_dir), mask_dir)
-    for stem, path in images.items():
-        if stem not in masks:
-            raise DataError(path, f"missing mask: no file with stem '{stem}' in {mask_dir}")
-    for stem, path in masks.items():
-        if stem not in images:
-            raise DataError(path, f"mask without image: no file with stem '{stem}' in {image_dir}")
     if not images:
         raise DataError(image_dir, "no images found")
-    return [ImageRecord(name, stem, path, masks[stem]) for stem, path in images.items()]
+    problems = [DataError(path, f"missing mask: no file with stem '{stem}' in {mask_dir}")
+                for stem, path in images.items() if stem not in masks]
+    problems += [DataError(path, f"mask without image: no file with stem '{stem}' in {image_dir}")
+                 for stem, path in masks.items() if stem not in images]
+    return [ImageRecord(name, stem, path, masks[stem]) for stem, path in images.items() if stem in masks], problems
+
+
+def scan_dataset(root: Path, name: str) -> list[ImageRecord]:
+    """Pair the images and masks of ``<root>/<name>`` by stem (sorted by image file name); any
+    unpaired file is an error (all of them are listed)."""
+    records, problems = find_dataset(root, name)
+    raise_problems(problems, root / name, f"image / mask pairing of {name}")
+    return records
 
 
 def limited_size(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -139,14 +158,17 @@ def load_sample(record: ImageRecord) -> dict[str, Any]:
         rgb = read_mask(record.mask, "rgb")
         check_same_size(image, rgb, record.mask)
         # "first_channel" gives palette indices for palette PNGs, so index > 0 also counts.
-        obj = (rgb.max(axis=2) > 0) | (read_mask(record.mask, "first_channel") > 0)
+        obj = ((rgb[..., 0] | rgb[..., 1] | rgb[..., 2]) > 0) | (read_mask(record.mask, "first_channel") > 0)
         ids = obj.astype(np.int64)
         ignore = np.zeros(obj.shape, dtype=bool)
     else:
         ids = decode_ids(read_mask(record.mask, "rgb"))
         check_same_size(image, ids, record.mask)
         ignore = np.zeros(ids.shape, dtype=bool)
-    present = [int(v) for v in np.unique(ids) if v != 0]
+    if layout.encoding == "rgb_ids":
+        present = [int(v) for v in np.unique(ids) if v != 0]
+    else:  # one instance, id 1 (np.unique of a large 0/1 map is needlessly slow)
+        present = [1] if ids.any() else []
     if not present:
         raise DataError(record.mask, "empty mask: no object pixels")
     if layout.max_side is not None and max(image.shape[:2]) > layout.max_side:
@@ -169,6 +191,43 @@ def load_sample(record: ImageRecord) -> dict[str, Any]:
         "instances": [ids == v for v in present],
         "ignore": ignore,
     }
+
+
+# Version of the up-front check's rule (bump when load_sample's checks change).
+CHECK_RULE = "ritm-sample/1"
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """What the up-front check learns of one image: its loaded size and instance ids."""
+
+    height: int
+    width: int
+    instance_ids: tuple[int, ...]
+
+
+def check_record(record: ImageRecord) -> dict[str, Any]:
+    """Load the sample exactly as the benchmark does (decode, sizes, encoding, empty mask,
+    longest-side limit); returns its loaded ``size`` and ``instance_ids``."""
+    sample = load_sample(record)
+    height, width = sample["image"].shape[:2]
+    return {"size": [int(height), int(width)], "instance_ids": [int(i) for i in sample["instance_ids"]]}
+
+
+def record_check(record: ImageRecord) -> FileCheck:
+    rule = f"{CHECK_RULE}:{record.dataset}"  # the dataset fixes the encoding and the size limit
+    return FileCheck(check_key(rule, record.image, record.mask), (record.image, record.mask),
+                     functools.partial(check_record, record))
+
+
+def summaries(records: Sequence[ImageRecord], infos: dict[str, Any]) -> dict[tuple[str, str], ImageSummary]:
+    """``(dataset, stem) -> ImageSummary`` of the records whose check passed."""
+    out = {}
+    for record in records:
+        info = infos.get(record_check(record).key)
+        if info is not None:
+            out[(record.dataset, record.stem)] = ImageSummary(*info["size"], tuple(info["instance_ids"]))
+    return out
 
 
 class InteractiveSegmentationSet(Dataset):
@@ -223,13 +282,31 @@ class InteractiveDataModule(LitSegDataModule):
         self.datasets = list(datasets)
         self.max_images = max_images
         self.test_set: InteractiveSegmentationSet | None = None
+        # Filled by setup(): every evaluated image's loaded size and instance ids, and per
+        # dataset the stems left out by max_images (user mode checks clicks.csv against them).
+        self.summaries: dict[tuple[str, str], ImageSummary] = {}
+        self.left_out: dict[str, list[str]] = {}
 
     def setup(self, stage: str | None = None) -> None:
+        """Pair the files and check every image and mask the test loop will read, before it
+        starts: one error lists every problem (files unchanged since they passed are not read
+        again, see :meth:`LitSegDataModule.check_files`)."""
         self.check_root()
         records: list[ImageRecord] = []
+        problems: list[DataError] = []
+        left_out: dict[str, list[str]] = {}
         for name in self.datasets:
-            found = scan_dataset(self.root, name)
-            records.extend(found[: self.max_images] if self.max_images is not None else found)
+            found, unpaired = find_dataset(self.root, name)
+            problems += unpaired
+            chosen = found[: self.max_images] if self.max_images is not None else found
+            left_out[name] = [r.stem for r in found[len(chosen):]]
+            records.extend(chosen)
+        what = " + ".join(self.datasets)
+        report = self.check_files([record_check(r) for r in records], what)
+        raise_problems(problems + report.problems, self.root,
+                       f"{what} ({len(records)} images), checked before the first step")
+        self.summaries = summaries(records, report.infos)
+        self.left_out = left_out
         self.test_set = InteractiveSegmentationSet(records)
 
     def test_dataloader(self) -> DataLoader:

@@ -17,6 +17,7 @@ the LightningModule picks the ones its config asks for.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,10 +29,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import LitSegDataModule
+from datamodules.base import STAGE_SPLITS, LitSegDataModule
 from litseg.imaging import IGNORE_INDEX, normalize
 from litseg.seeding import item_rng
-from litseg.io import DataError, check_same_size, index_by_stem, list_images, read_image, read_mask
+from litseg.io import (
+    DataError,
+    FileCheck,
+    check_key,
+    check_same_size,
+    index_by_stem,
+    list_images,
+    raise_problems,
+    read_image,
+    read_mask,
+    read_text,
+)
 from weak_labels.format import ImageWeakLabels, check_size, load_weak_labels
 from weak_labels.render import flatten_keypoints, render_box_target, render_sparse_target, unflatten_keypoints
 
@@ -92,19 +104,47 @@ def read_trimap_target(record: PetRecord, image_shape: tuple[int, ...], label_se
     return target
 
 
-def scan_pets(root: Path) -> list[PetRecord]:
-    """Every image with its trimap; an image without trimap is an error, never skipped."""
+# Version of the up-front check's rule (bump when read_image / read_trimap_target change).
+CHECK_RULE = "oxford-pet-trimap/1"
+
+
+def check_record(record: PetRecord) -> dict[str, Any]:
+    """Decode the image and its trimap with the training readers; returns ``{"size": [h, w]}``."""
+    image = read_image(record.image)
+    read_trimap_target(record, image.shape, "binary")  # sizes and values: the label set does not matter
+    return {"size": [int(image.shape[0]), int(image.shape[1])]}
+
+
+def record_check(record: PetRecord) -> FileCheck:
+    return FileCheck(check_key(CHECK_RULE, record.image, record.trimap), (record.image, record.trimap),
+                     functools.partial(check_record, record))
+
+
+def find_pets(root: Path) -> tuple[list[PetRecord], list[DataError]]:
+    """Every image with its trimap, and a problem for each image without one or with an unknown breed."""
     images = index_by_stem(list_images(root / "images"), root / "images")
     trimap_dir = root / "annotations" / "trimaps"
     if not trimap_dir.is_dir():
         raise DataError(trimap_dir, "trimap folder not found")
-    records = []
+    records, problems = [], []
     for stem, img in images.items():
         trimap = trimap_dir / f"{stem}.png"
         if not trimap.is_file():
-            raise DataError(trimap, f"missing trimap for image {img.name}")
-        breed = breed_of(stem, img)
+            problems.append(DataError(trimap, f"missing trimap for image {img.name}"))
+            continue
+        try:
+            breed = breed_of(stem, img)
+        except DataError as err:
+            problems.append(err)
+            continue
         records.append(PetRecord(stem, img, trimap, breed, is_cat=breed[0].isupper()))
+    return records, problems
+
+
+def scan_pets(root: Path) -> list[PetRecord]:
+    """Every image with its trimap; an image without trimap is an error, never skipped."""
+    records, problems = find_pets(root)
+    raise_problems(problems, root, "image / trimap pairing of Oxford-IIIT Pet")
     return records
 
 
@@ -122,7 +162,7 @@ def split_stems(records: Sequence[PetRecord], root: Path, val_fraction: float, t
     known = {r.stem for r in records}
     test_list = root / "annotations" / "test.txt"
     if test_list.is_file():
-        listed = [ln.split()[0] for ln in test_list.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        listed = [ln.split()[0] for ln in read_text(test_list).splitlines() if ln.strip() and not ln.startswith("#")]
         test = [s for s in listed if s in known]
         rest = [r for r in records if r.stem not in set(test)]
         groups = [[r.stem for r in rest if r.is_cat], [r.stem for r in rest if not r.is_cat]]
@@ -235,6 +275,7 @@ class OxfordPetDataModule(LitSegDataModule):
         self.num_classes = len(self.class_names)
         self.splits: dict[str, list[str]] = {}
         self.datasets: dict[str, PetSegmentation] = {}
+        self._scan_problems: list[DataError] = []
 
     def _transform(self, train: bool) -> A.Compose:
         size = (self.image_size, self.image_size)
@@ -246,14 +287,40 @@ class OxfordPetDataModule(LitSegDataModule):
         return A.Compose(ops, keypoint_params=A.KeypointParams(format="xy", remove_invisible=False), strict=True)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+        """Build the splits once; then check every file of the splits ``stage`` reads.
+
+        The check decodes each image and trimap with the training readers (size, trimap values)
+        and compares image sizes with the weak-label file, so bad data stops here, before the
+        first step, with every problem listed at once. Files unchanged since they passed are
+        not decoded again (see :meth:`LitSegDataModule.check_files`).
+        """
+        if not self.datasets:
+            self._build()
+        splits = STAGE_SPLITS.get(stage, STAGE_SPLITS[None])
+        records = [r for split in splits for r in self.datasets[split].records]
+        what = f"Oxford-IIIT Pet {' + '.join(splits)}"
+        report = self.check_files([record_check(r) for r in records], what)
+        problems = list(self._scan_problems) + report.problems
+        weak = self.datasets["train"].weak
+        if weak is not None and "train" in splits:
+            for rec in self.datasets["train"].records:
+                info = report.infos.get(record_check(rec).key)
+                if info is not None:
+                    try:
+                        check_size(weak, rec.stem, *info["size"], rec.image)
+                    except DataError as err:
+                        problems.append(err)
+        raise_problems(problems, self.root, f"{what} split{'s' if len(splits) > 1 else ''}, checked before the "
+                                            f"first step")
+
+    def _build(self) -> None:
         self.check_root()
-        records = scan_pets(self.root)
+        records, self._scan_problems = find_pets(self.root)
         self.splits = split_stems(records, self.root, self.val_fraction, self.test_fraction, self.seed)
         by_stem = {r.stem: r for r in records}
         for split, stems in self.splits.items():
             if not stems:
+                raise_problems(self._scan_problems, self.root, "image / trimap pairing of Oxford-IIIT Pet")
                 raise DataError(self.root, f"the {split} split is empty ({len(records)} images found); "
                                            "add images or change val_fraction / test_fraction")
         weak = None
@@ -261,10 +328,12 @@ class OxfordPetDataModule(LitSegDataModule):
             weak = load_weak_labels(self.weak_labels, expected_stems=self.splits["train"])
         common = {"label_set": self.label_set, "num_classes": self.num_classes,
                   "point_radius": self.point_radius, "scribble_width": self.scribble_width, "seed": self.seed}
+        datasets = {}
         for split, stems in self.splits.items():
             train = split == "train"
-            self.datasets[split] = PetSegmentation([by_stem[s] for s in stems], transform=self._transform(train),
-                                                   weak=weak if train else None, **common)
+            datasets[split] = PetSegmentation([by_stem[s] for s in stems], transform=self._transform(train),
+                                              weak=weak if train else None, **common)
+        self.datasets = datasets  # only once complete: a failed build is redone by the next setup
 
     def train_dataloader(self):
         return self.make_loader(self.datasets["train"], shuffle=True, epoch_keys=True)

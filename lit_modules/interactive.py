@@ -24,16 +24,17 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from clicking.clicker import ClickStrategy, ReplayClicks, build_strategy
 from clicking.episode import ClickRecord, iou_curve, run_episode
 from clicking.predictors import build_predictor
 from clicking.types import InteractivePredictor
-from clicking.user_clicks import UserClick, first_clicks_by_instance, instance_key, nsr, read_user_clicks
+from clicking.user_clicks import UserClick, describe_unmatched, instance_key, match_first_clicks, nsr, read_user_clicks
 from datamodules.interactive import DATASETS
 from lit_modules.base import LitSegModule
 from litseg.plots import line_plot
-from litseg.io import write_table
+from litseg.io import DataError, raise_problems, write_table
 from litseg.seeding import item_rng
 from metrics.noc import NoCMetric, instance_id, threshold_label
 
@@ -61,7 +62,13 @@ class InteractiveBenchmark(LitSegModule):
         iou_thresholds: thresholds of the NoC columns.
         nof_thresholds: thresholds of the NoF columns.
         seed: seed of the per-image click RNG (``item_rng(seed, dataset, image_stem)``).
-        user_clicks: RClicks ``clicks.csv`` path (``strategy: user`` only).
+        user_clicks: RClicks ``clicks.csv`` path (``strategy: user`` / ``sample`` only). Before the
+            first step every first click is matched to an evaluated image and instance: rows whose
+            image or object the datasets do not have stop the run with the file, their count and
+            line numbers (rows of datasets, or of images left out by ``max_images``, that are not
+            evaluated are only counted).
+        allow_unmatched_clicks: the evaluated data is meant to be a subset of what clicks.csv
+            covers: unmatched rows are skipped with a warning (count and line numbers) instead.
     """
 
     def __init__(
@@ -75,6 +82,7 @@ class InteractiveBenchmark(LitSegModule):
         nof_thresholds: list[float] | None = None,
         seed: int = 42,
         user_clicks: str | None = None,
+        allow_unmatched_clicks: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -91,6 +99,7 @@ class InteractiveBenchmark(LitSegModule):
         self.nof_thresholds = list(nof_thresholds if nof_thresholds is not None else [0.85, 0.9])
         self.seed = seed
         self.user_clicks = user_clicks
+        self.allow_unmatched_clicks = allow_unmatched_clicks
         self.user_mode = strategy in ("user", "sample")  # one 1-click episode per real first click
         # Built in setup(), in the process (and on the device) that runs the test.
         self.predictor: InteractivePredictor | None = None
@@ -127,13 +136,40 @@ class InteractiveBenchmark(LitSegModule):
         import clicking.band_sampler  # noqa: F401  (registers the "clickability" strategy)
 
         if self.user_mode:
-            assert self.user_clicks is not None
-            self._user_first_clicks = first_clicks_by_instance(read_user_clicks(self.user_clicks))
+            self._user_first_clicks = self._match_user_clicks(datamodule)
         if self.strategy_name in ("clickability", "sample"):
             self.strategy = build_strategy("clickability", **self.strategy_args)
         elif self.strategy_name == "baseline":
             self.strategy = build_strategy("baseline", **self.strategy_args)
         self.predictor = self.build_predictor()
+
+    def _match_user_clicks(self, datamodule: Any) -> dict[tuple[str, str], list[UserClick]]:
+        """First clicks of ``user_clicks`` by instance, checked against the images the datamodule's
+        setup checked (sizes, instance ids) before the first step."""
+        assert self.user_clicks is not None
+        path = Path(self.user_clicks)
+        found = getattr(datamodule, "summaries", None)
+        if found is None:
+            raise RuntimeError("user mode needs an InteractiveDataModule (its setup records each image's instances)")
+        images = {(DATASETS[name].clicks_name, stem): (s.height, s.width, s.instance_ids)
+                  for (name, stem), s in found.items()}
+        folders = {DATASETS[name].clicks_name: str(datamodule.root / name) for name in self.dataset_names}
+        left_out = {(DATASETS[name].clicks_name, stem) for name, stems in datamodule.left_out.items() for stem in stems}
+        others = {layout.clicks_name for layout in DATASETS.values()} - set(folders)
+        match = match_first_clicks(read_user_clicks(path), images, folders, left_out, others)
+        problems = list(match.frame_problems)
+        if match.unmatched:
+            summary = describe_unmatched(match)
+            if not self.allow_unmatched_clicks:
+                problems.insert(0, DataError(path, f"{summary} Set allow_unmatched_clicks: true if evaluating a "
+                                                   "subset is intended."))
+            else:
+                rank_zero_warn(f"{path}: {summary} Skipped (allow_unmatched_clicks).")
+        raise_problems(problems, path, "first clicks checked against the evaluated images before the first step")
+        if match.not_evaluated:
+            rank_zero_info(f"{path}: {match.not_evaluated} first-click row(s) of datasets or images not evaluated "
+                           "in this run (datasets / max_images) skipped")
+        return match.by_instance
 
     # Defined only so that Lightning's loop checks pass and setup() can refuse "fit" clearly.
     def training_step(self, *args: Any, **kwargs: Any) -> None:

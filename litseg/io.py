@@ -7,12 +7,17 @@ from deep inside OpenCV or PIL.
 
 from __future__ import annotations
 
+import codecs
+import concurrent.futures
 import contextlib
 import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +36,36 @@ class DataError(ValueError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+class DataProblems(DataError):
+    """Several data problems found together (e.g. by :func:`run_checks` before the first step).
+
+    With one problem the message is that problem's own (``<file>: <problem>``) plus ``context``;
+    with more, the first line names ``where``, the count and ``context``, and the next lines list
+    the first ``limit`` problems, one per line, each starting with its file.
+    """
+
+    def __init__(self, problems: Sequence[DataError], where: str | os.PathLike[str], context: str,
+                 limit: int = 20) -> None:
+        if not problems:
+            raise ValueError("DataProblems needs at least one problem")
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            only = self.problems[0]
+            super().__init__(only.path, f"{only.problem} ({context})" if context else only.problem)
+            return
+        shown = [f"  {p}" for p in self.problems[:limit]]
+        if len(self.problems) > limit:
+            shown.append(f"  ... and {len(self.problems) - limit} more")
+        head = f"{len(self.problems)} data problems" + (f" ({context})" if context else "") + ":"
+        super().__init__(where, "\n".join([head, *shown]))
+
+
+def raise_problems(problems: Sequence[DataError], where: str | os.PathLike[str], context: str) -> None:
+    """Raise every problem at once as one :class:`DataProblems`; nothing when the list is empty."""
+    if problems:
+        raise DataProblems(problems, where, context)
 
 
 def _open(path: Path) -> Image.Image:
@@ -155,14 +190,40 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A whole text file decoded as UTF-8 (a leading byte-order mark is dropped).
+
+    A missing or unreadable file, or bytes that are not UTF-8, raise a :class:`DataError`
+    naming the file, and for bad bytes the line, column and byte offset.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
     try:
-        return json.loads(path.read_text())
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(path, f"cannot read the file ({err.strerror or err})") from err
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = skip + err.start
+        line = data.count(b"\n", 0, offset) + 1
+        column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+        raise DataError(path, f"not UTF-8 text: byte 0x{data[offset]:02x} at line {line} column {column} "
+                              f"(byte offset {offset}); save the file as UTF-8") from None
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file; bad bytes or bad JSON raise a :class:`DataError` with the file and position."""
+    path = Path(path)
+    text = read_text(path)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(path, f"malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+    except (ValueError, RecursionError) as err:  # e.g. an integer too long, nesting too deep
+        raise DataError(path, f"malformed JSON: {err}") from err
 
 
 def write_table(rows: Sequence[dict[str, Any]], csv_path: str | os.PathLike[str],
@@ -208,14 +269,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], float_format: str = "{:.4f}",
 def read_csv_rows(path: str | os.PathLike[str], required: Sequence[str]) -> list[dict[str, str]]:
     """Read a CSV into dicts, checking the header has ``required`` columns.
 
-    Rows with a different number of fields than the header raise a :class:`DataError`
-    naming the line.
+    The file is read as UTF-8 (:func:`read_text`: bad bytes are named by line). Rows with a
+    different number of fields than the header, or that the csv module rejects, raise a
+    :class:`DataError` naming the line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    try:
         try:
             header = next(reader)
         except StopIteration:
@@ -230,4 +290,136 @@ def read_csv_rows(path: str | os.PathLike[str], required: Sequence[str]) -> list
             if len(line) != len(header):
                 raise DataError(path, f"line {reader.line_num}: {len(line)} fields, header has {len(header)}")
             rows.append(dict(zip(header, line, strict=True)) | {"_line": str(reader.line_num)})
+    except csv.Error as err:
+        raise DataError(path, f"line {reader.line_num}: malformed CSV ({err})") from err
     return rows
+
+
+# ----------------------------------------------------------------------------- checking data before use
+
+CHECK_CACHE_FORMAT = "litseg-data-check"
+CHECK_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """One unit of the up-front data check: the files it reads and the function that reads them.
+
+    ``check()`` reads the files with the very reader the dataset uses at read time (so the two
+    checks cannot drift apart), raises :class:`DataError` on a problem and returns a small
+    JSON value (e.g. the image size) for checks across files. ``key`` identifies the check in
+    the cache; make it with :func:`check_key` (a rule name with a version, and the paths).
+    """
+
+    key: str
+    files: tuple[Path, ...]
+    check: Callable[[], Any]
+
+
+def check_key(rule: str, *paths: str | os.PathLike[str]) -> str:
+    """Cache key of a check: the rule (bump its version when the rule changes) and absolute paths."""
+    return rule + ":" + "|".join(os.path.abspath(p) for p in paths)
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`run_checks`."""
+
+    infos: dict[str, Any] = field(default_factory=dict)  # key -> value of every check that passed
+    problems: list[DataError] = field(default_factory=list)  # in the order of the checks
+    entries: dict[str, Any] = field(default_factory=dict)  # key -> cache entry of every check that passed
+    failed: set[str] = field(default_factory=set)  # keys of the checks that failed
+    read: int = 0  # checks run now (their files decoded)
+    cached: int = 0  # checks skipped: their files are unchanged since they passed
+    seconds: float = 0.0
+
+
+def file_stamps(paths: Sequence[str | os.PathLike[str]]) -> list[list[Any]] | None:
+    """``[absolute path, size, mtime_ns]`` of each file, or None when one cannot be stat'ed."""
+    stamps = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            return None
+        stamps.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
+    return stamps
+
+
+def default_check_workers() -> int:
+    """Threads for :func:`run_checks`: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def _run_one(check: FileCheck) -> tuple[Any, DataError | None]:
+    try:
+        info = check.check()
+    except DataError as err:
+        return None, err
+    except Exception as err:  # noqa: BLE001  a reader crashing on odd bytes is a problem of that file too
+        where = check.files[-1] if check.files else check.key
+        return None, DataError(where, f"cannot be read ({type(err).__name__}: {err})")
+    # Normalised through JSON so a value read now equals the same value read from the cache.
+    return json.loads(json.dumps(info)), None
+
+
+def run_checks(checks: Sequence[FileCheck], known: Mapping[str, Any] | None = None,
+               workers: int | None = None) -> CheckReport:
+    """Run every check (in a thread pool: decoding releases the GIL) and collect every problem.
+
+    ``known`` maps keys to entries of earlier passed checks (a cache); a check whose files still
+    have the recorded size and modification time is not run again. Nothing is raised: the
+    caller adds its own cross-file problems and raises them all at once (:func:`raise_problems`).
+    """
+    start = time.perf_counter()
+    known = known or {}
+    report = CheckReport()
+    todo: list[tuple[FileCheck, list[Any] | None]] = []
+    for check in checks:
+        stamps = file_stamps(check.files)
+        entry = known.get(check.key)
+        if stamps is not None and isinstance(entry, dict) and entry.get("files") == stamps:
+            report.infos[check.key] = entry.get("info")
+            report.entries[check.key] = entry
+            report.cached += 1
+        else:  # stamped before reading: a file changed while being read is read again next time
+            todo.append((check, stamps))
+    n_workers = workers or default_check_workers()
+    if n_workers > 1 and len(todo) > 1:
+        with concurrent.futures.ThreadPoolExecutor(n_workers, thread_name_prefix="data-check") as pool:
+            results = list(pool.map(_run_one, [c for c, _ in todo]))
+    else:
+        results = [_run_one(c) for c, _ in todo]
+    for (check, stamps), (info, err) in zip(todo, results, strict=True):
+        if err is not None:
+            report.problems.append(err)
+            report.failed.add(check.key)
+            continue
+        report.infos[check.key] = info
+        if stamps is not None:
+            report.entries[check.key] = {"files": stamps, "info": info}
+    report.read = len(todo)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def load_check_cache(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Entries of a check cache written by :func:`save_check_cache`; {} if absent or unusable
+    (it is our own file: a damaged one is rebuilt, never an error)."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if (not isinstance(document, dict) or document.get("format") != CHECK_CACHE_FORMAT
+            or document.get("version") != CHECK_CACHE_VERSION or not isinstance(document.get("entries"), dict)):
+        return {}
+    return document["entries"]
+
+
+def save_check_cache(path: str | os.PathLike[str], entries: Mapping[str, Any]) -> None:
+    """Write the check cache atomically."""
+    write_json(path, {"format": CHECK_CACHE_FORMAT, "version": CHECK_CACHE_VERSION, "entries": dict(entries)})

@@ -27,3 +27,25 @@ def run_script(args: list[str], env: dict[str, str] | None = None, timeout: int 
         raise AssertionError(f"command failed ({proc.returncode}): {' '.join(args)}\n"
                              f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
     return proc
+
+
+def copy_pet_subset(pet_root: Path, dest: Path, n: int | None = None) -> Path:
+    """The first ``n`` images (by name) of an Oxford-Pet layout with their trimaps, copied to ``dest``."""
+    import shutil
+
+    stems = sorted(p.stem for p in (pet_root / "images").glob("*.jpg"))[:n]
+    (dest / "images").mkdir(parents=True)
+    (dest / "annotations" / "trimaps").mkdir(parents=True)
+    for s in stems:
+        shutil.copy(pet_root / "images" / f"{s}.jpg", dest / "images")
+        shutil.copy(pet_root / "annotations" / "trimaps" / f"{s}.png", dest / "annotations" / "trimaps")
+    return dest
+
+
+def save_image(path: Path, array) -> Path:
+    """Write ``array`` (H x W or H x W x 3 uint8) with PIL, creating the folder."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,18 +10,12 @@ from PIL import Image
 
 from datamodules.oxford_pet import OxfordPetDataModule, scan_pets, split_stems
 from litseg.io import DataError
+from tests.helpers import copy_pet_subset
 from weak_labels.generate import GeneratorConfig, write_weak_labels
 
 
 def small_copy(pet_root: Path, tmp_path: Path, n: int | None = None) -> Path:
-    root = tmp_path / "pets"
-    stems = sorted(p.stem for p in (pet_root / "images").glob("*.jpg"))[:n]
-    (root / "images").mkdir(parents=True)
-    (root / "annotations" / "trimaps").mkdir(parents=True)
-    for s in stems:
-        shutil.copy(pet_root / "images" / f"{s}.jpg", root / "images")
-        shutil.copy(pet_root / "annotations" / "trimaps" / f"{s}.png", root / "annotations" / "trimaps")
-    return root
+    return copy_pet_subset(pet_root, tmp_path / "pets", n)
 
 
 def make_dm(root, **kw) -> OxfordPetDataModule:

@@ -50,7 +50,7 @@ from scipy.sparse.csgraph import connected_components, dijkstra
 from skimage.morphology import skeletonize
 
 from litseg.geometry import padded_distance_transform
-from litseg.io import DataError, index_by_stem, list_images, read_mask, write_json
+from litseg.io import DataError, index_by_stem, list_images, read_mask, read_text, write_json
 from litseg.seeding import item_rng
 from weak_labels.format import FORMAT_NAME, FORMAT_VERSION
 from weak_labels.render import polyline_pixels
@@ -278,7 +278,7 @@ def read_stems_file(path: str | os.PathLike[str]) -> list[str]:
     if not path.is_file():
         raise DataError(path, "stems file not found")
     stems: list[str] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         stem = line.split("#", 1)[0].strip()
         if not stem:
             continue
