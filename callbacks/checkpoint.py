@@ -4,7 +4,8 @@ Lightning 2.6's ``ModelCheckpoint(monitor=..., save_last=True)`` rewrites ``last
 top-k checkpoint was saved at the same step (``model_checkpoint.py``, ``on_validation_end``: "Only save
 last checkpoint if a checkpoint was actually saved in this step"), so after a crash a run resumes from
 its best epoch and repeats every epoch since. :class:`RunCheckpoint` writes ``last.ckpt`` at every
-save point as well; top-k selection, ``hpc_ckpt`` files and everything else are Lightning's own.
+save point as well, after flushing the loggers; top-k selection, ``hpc_ckpt`` files and everything
+else are Lightning's own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ class RunCheckpoint(ModelCheckpoint):
         kwargs.setdefault("save_last", True)
         super().__init__(*args, **kwargs)
         self._last_saved_at: int | None = None
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        # Flush the loggers first: CSVLogger writes metrics.csv only every 100 steps, so a job killed
+        # after this checkpoint would otherwise lose the rows that precede it for good.
+        for logger in trainer.loggers:
+            logger.save()
+        super()._save_checkpoint(trainer, filepath)
 
     def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Tensor]) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)

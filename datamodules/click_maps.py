@@ -172,21 +172,50 @@ def _instance_mask(task: ClickTask, sample: dict[str, Any], clicks_path: Path) -
     return sample["instances"][ids.index(task.object_id)]
 
 
+def previous_mask_resized(task: ClickTask, mask_size: tuple[int, int], image_size: tuple[int, int]) -> bool:
+    """How the previous mask of ``task`` (``mask_size`` = ``(h, w)``) reaches the loaded image
+    (``image_size``): False when it has the image's size, True when it has the clicks' original
+    frame size (TETRIS images are loaded limited to 2048 px) and is resized. Any other size is
+    a :class:`DataError` naming the mask and the clicks.csv line of the full_stem that refers to it.
+
+    The one rule for both the check in ``setup()`` (sizes from the cached file checks) and
+    :func:`_previous_mask` at read time.
+    """
+    assert task.previous_mask is not None
+    mask_size, image_size = tuple(mask_size), tuple(image_size)
+    if mask_size == image_size:
+        return False
+    frame = (task.clicks[0].h, task.clicks[0].w)
+    if mask_size == frame:
+        return True
+    raise DataError(task.previous_mask, f"size {mask_size[1]}x{mask_size[0]} matches neither the image "
+                                        f"({image_size[1]}x{image_size[0]}) nor the clicks' frame "
+                                        f"({frame[1]}x{frame[0]}) of full_stem {task.full_stem!r} ({task.source})")
+
+
+def clicks_in_image(task: ClickTask, height: int, width: int) -> tuple[list[tuple[int, int]], list[DataError]]:
+    """The ``(y, x)`` of every click of ``task`` in the loaded ``height x width`` image
+    (:meth:`UserClick.in_image`), and a problem for each row whose frame does not match the
+    image or whose click falls outside it (naming clicks.csv and the row's line).
+
+    The one rule for both the check in ``setup()`` and :func:`load_task` at read time.
+    """
+    points, problems = [], []
+    for click in task.clicks:
+        try:
+            points.append(click.in_image(height, width))
+        except DataError as err:
+            problems.append(err)
+    return points, problems
+
+
 def _previous_mask(task: ClickTask, shape: tuple[int, int]) -> np.ndarray:
-    """The previous mask at image resolution. A mask at the clicks' original frame size
-    (TETRIS images are loaded limited to 2048 px) is resized; any other size is an error
-    naming the mask and the clicks.csv line of the full_stem that refers to it."""
+    """The previous mask at image resolution (see :func:`previous_mask_resized`)."""
     assert task.previous_mask is not None
     prev = read_mask(task.previous_mask, "first_channel")
-    if prev.shape == shape:
-        return prev > 127
-    frame = (task.clicks[0].h, task.clicks[0].w)
-    if prev.shape == frame:
-        resized = cv2.resize(prev, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-        return resized > 127
-    raise DataError(task.previous_mask, f"size {prev.shape[1]}x{prev.shape[0]} matches neither the image "
-                                        f"({shape[1]}x{shape[0]}) nor the clicks' frame ({frame[1]}x{frame[0]}) "
-                                        f"of full_stem {task.full_stem!r} ({task.source})")
+    if previous_mask_resized(task, prev.shape, shape):
+        prev = cv2.resize(prev, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return prev > 127
 
 
 def load_task(task: ClickTask, clicks_path: Path, sigma: float, size: int, cache: ClickMapCache | None,
@@ -202,7 +231,9 @@ def load_task(task: ClickTask, clicks_path: Path, sigma: float, size: int, cache
     if not error.any():
         raise DataError(task.previous_mask or task.record.mask,
                         f"empty error region for full_stem {task.full_stem!r} ({task.click_type}, {task.source})")
-    clicks_yx = [c.in_image(height, width) for c in task.clicks]  # rescales; outside the image -> DataError
+    clicks_yx, problems = clicks_in_image(task, height, width)  # rescaled; checked in setup(), again here
+    if problems:
+        raise problems[0]
     clicks_xy = np.array([(x, y) for y, x in clicks_yx], dtype=np.int64)
 
     def compute() -> np.ndarray:
@@ -333,7 +364,8 @@ class ClickMapDataModule(LitSegDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the full_stems of the splits ``stage`` reads and check them before the first step:
         every image and instance mask is loaded as in training, every previous mask decoded, every
-        object looked up in its mask; one error lists every problem (files unchanged since they
+        object looked up in its mask, every previous mask's size and every click row's frame
+        matched to its loaded image; one error lists every problem (files unchanged since they
         passed are not read again, see :meth:`LitSegDataModule.check_files`).
         """
         self.check_root()
@@ -376,7 +408,9 @@ class ClickMapDataModule(LitSegDataModule):
 
     def _check_tasks(self, tasks: Sequence[ClickTask], stage: str | None) -> list[DataError]:
         """Load every image / instance mask and decode every previous mask of ``tasks``; look
-        each task's object up in its mask. Returns the problems."""
+        each task's object up in its mask, check its previous mask's size and its clicks' frames
+        against the loaded image size (the sizes the file checks return, cached with them).
+        Returns the problems."""
         tasks = list({(t.dataset, t.full_stem): t for t in tasks}.values())  # val is also test: once each
         records = list({t.record: None for t in tasks})
         previous = list({t.previous_mask: t for t in tasks if t.previous_mask is not None}.values())
@@ -386,10 +420,20 @@ class ClickMapDataModule(LitSegDataModule):
         found: dict[tuple[str, str], ImageSummary] = summaries(records, report.infos)
         for task in tasks:
             summary = found.get((task.record.dataset, task.record.stem))
-            if summary is not None:
-                problem = object_problem(task, summary.instance_ids, self.clicks_path)
-                if problem is not None:
-                    problems.append(problem)
+            if summary is None:  # its image / mask failed: already a problem
+                continue
+            problem = object_problem(task, summary.instance_ids, self.clicks_path)
+            if problem is not None:
+                problems.append(problem)
+            image_size = (summary.height, summary.width)
+            if task.previous_mask is not None:
+                info = report.infos.get(previous_mask_check(task).key)
+                if info is not None:  # None: the mask failed to decode, already a problem
+                    try:
+                        previous_mask_resized(task, info["size"], image_size)
+                    except DataError as err:
+                        problems.append(err)
+            problems += clicks_in_image(task, *image_size)[1]
         return problems
 
     # ------------------------------------------------------------------ loaders

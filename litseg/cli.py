@@ -31,22 +31,15 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from callbacks.run_config import RunConfigSaver, redact
 from litseg.checkpoint import load_checkpoint
-from litseg.io import DataError
+from litseg.io import ConfigError, DataError
 
 # Init arguments that may legitimately differ between a checkpoint and the config it resumes under:
 # weights loaded at construction are overwritten by the checkpoint's state anyway.
 RESUME_EXEMPT_KEYS = frozenset({"init_weights"})
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work. The message starts with the config file and the key."""
-
-    def __init__(self, source: str, key: str, problem: str) -> None:
-        self.source, self.key, self.problem = source, key, problem
-        super().__init__(f"{source}: {key}: {problem}")
 
 
 def _register_methods() -> tuple[type, type]:
@@ -124,8 +117,8 @@ class LitSegCLI(LightningCLI):
         threads = self._section().get("torch_threads")
         if threads is not None:
             if threads < 1:
-                raise ConfigError(locate_key(self._argv, "torch_threads"), "torch_threads",
-                                  f"must be a positive thread count, got {threads}")
+                raise ConfigError("torch_threads", f"must be a positive thread count, got {threads}",
+                                  locate_key(self._argv, "torch_threads"))
             torch.set_num_threads(threads)
         _redact_logger_configs(self._section().get("trainer"))
 
@@ -315,11 +308,25 @@ def explain_parse_error(message: str, argv: Sequence[str]) -> str:
             section = f"{key}.init_args" if key in ("model", "data") else key
             key = f"{section}.{unknown.group(1)}" if key else unknown.group(1)
             problem = "no such option for this class (see --help for the accepted ones)"
+    if key in ("model", "data") and "import path" in problem:
+        given = problem.rsplit(":", 1)[-1].strip()
+        problem = f"unknown class {given!r}; known: {', '.join(_known_classes(key))}"
     if key == "config":
         return f"command line --config: {problem}"
     if not key:
         return f"{', '.join(_config_files(argv)) or 'command line'}: {problem}"
     return f"{locate_key(argv, key)}: {key}: {problem}"
+
+
+def _known_classes(section: str) -> list[str]:
+    model_base, data_base = _register_methods()
+    base = model_base if section == "model" else data_base
+    found, todo = set(), [base]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.add(sub.__name__)
+            todo.append(sub)
+    return sorted(found)
 
 
 def _failing_init(err: BaseException) -> tuple[object, str] | None:
@@ -330,10 +337,12 @@ def _failing_init(err: BaseException) -> tuple[object, str] | None:
     for frame, _ in traceback.walk_tb(err.__traceback__):
         if frame.f_code.co_name == "__init__" and "self" in frame.f_locals:
             candidate = frame.f_locals["self"]
-            if isinstance(candidate, (LightningModule, LightningDataModule)):
+            if isinstance(candidate, (LightningModule, LightningDataModule, Trainer)):
                 owner = owner or candidate
     if owner is None:
         return None
+    if isinstance(owner, Trainer):
+        return owner, "trainer"
     return owner, "model" if isinstance(owner, LightningModule) else "data"
 
 
@@ -344,7 +353,7 @@ def explain_init_error(err: BaseException, argv: Sequence[str]) -> str | None:
         inner = inner.__cause__
     if isinstance(inner, DataError):
         return str(inner)
-    if not isinstance(inner, ValueError):
+    if not isinstance(inner, (ValueError, MisconfigurationException)):
         return None
     found = _failing_init(inner)
     if found is None:
@@ -355,7 +364,8 @@ def explain_init_error(err: BaseException, argv: Sequence[str]) -> str | None:
     text = str(inner)
     mentioned = sorted((m.start(), name) for name in set(names)
                        for m in [re.search(rf"\b{re.escape(name)}\b", text)] if m)
-    key = f"{section}.init_args.{mentioned[0][1]}" if mentioned else f"{section} ({type(owner).__name__})"
+    init_args = "" if section == "trainer" else ".init_args"
+    key = f"{section}{init_args}.{mentioned[0][1]}" if mentioned else f"{section} ({type(owner).__name__})"
     return f"{locate_key(argv, key) if mentioned else ', '.join(_config_files(argv)) or 'command line'}: {key}: {text}"
 
 
@@ -368,10 +378,12 @@ def run_cli(entry: Callable[[list[str] | None], Any], argv: Sequence[str] | None
         sys.argv[1:] = args  # LightningCLI reads sys.argv itself (and warns when given both)
     try:
         return entry(None if argv is None else args)
-    except (ArgumentError, DataError, ConfigError, ValueError) as err:
+    except (ArgumentError, DataError, ConfigError, ValueError, MisconfigurationException) as err:
         if isinstance(err, ArgumentError):
             sentence = explain_parse_error(str(err), args)
-        elif isinstance(err, (DataError, ConfigError)):
+        elif isinstance(err, ConfigError):
+            sentence = f"{err.source or locate_key(args, err.key)}: {err.key}: {err.problem}"
+        elif isinstance(err, DataError):
             sentence = str(err)
         else:
             sentence = explain_init_error(err, args)

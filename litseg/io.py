@@ -68,6 +68,18 @@ def raise_problems(problems: Sequence[DataError], where: str | os.PathLike[str],
         raise DataProblems(problems, where, context)
 
 
+class ConfigError(ValueError):
+    """A config value that cannot work: ``<config file>: <key>: <problem>``.
+
+    Code that does not know which file set the key (a module's ``setup``) leaves ``source`` empty;
+    ``litseg.cli.run_cli`` fills it in from the command line's ``--config`` files.
+    """
+
+    def __init__(self, key: str, problem: str, source: str | None = None) -> None:
+        self.key, self.problem, self.source = key, problem, source
+        super().__init__(f"{source}: {key}: {problem}" if source else f"{key}: {problem}")
+
+
 def _open(path: Path) -> Image.Image:
     if not path.is_file():
         raise DataError(path, "file not found")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import cv2
@@ -16,7 +17,7 @@ from clicking.synthetic_clicks import CSV_NAME, PREVIOUS_MASKS, synthesize
 from clicking.user_clicks import COLUMNS, read_user_clicks
 from datamodules.click_maps import ClickMapDataModule
 from lit_modules.clickability import ClickabilityModel
-from litseg.io import DataError, write_png
+from litseg.io import DataError, DataProblems, write_png
 from nets.clickability import ClickabilityNet, ScaleLayer, load_clickability_net, minmax_normalize
 
 
@@ -238,24 +239,46 @@ def test_datamodule_rejects_bad_clicks_and_masks(synthetic, tmp_path):
         return rows
 
     bad = _rewrite_csv(src, tmp_path / "outside.csv", outside)
-    dm = datamodule(synthetic, clicks=str(bad))
-    dm.setup("fit")
-    task_index = next(i for i, t in enumerate(dm.train_set.tasks + dm.val_set.tasks) if t.clicks[0].line == 2)
-    split = dm.train_set if task_index < len(dm.train_set) else dm.val_set
     with pytest.raises(DataError, match=r"outside\.csv: line 2: click frame 64x32 does not match"):
-        split[task_index % len(dm.train_set)]
+        datamodule(synthetic, clicks=str(bad)).setup("fit")  # found before the first step
 
     masks = tmp_path / "prev"
     masks.mkdir()
     for png in (synthetic["clicks"] / PREVIOUS_MASKS).iterdir():
         write_png(masks / png.name, np.zeros((10, 12), np.uint8))  # wrong size
-    dm = datamodule(synthetic, previous_masks=str(masks))
-    dm.setup("fit")
-    fn_task = next(i for i, t in enumerate(dm.train_set.tasks) if t.click_type == "fn")
     with pytest.raises(DataError, match=r"prev/.*_fn_pc_0\.png: size 12x10 matches neither"):
-        dm.train_set[fn_task]
+        datamodule(synthetic, previous_masks=str(masks)).setup("fit")
     with pytest.raises(DataError, match=r"_fn_pc_0\.png: previous mask of full_stem"):
         datamodule(synthetic, previous_masks=str(tmp_path)).setup("fit")
+
+
+def test_setup_reports_a_wrong_size_previous_mask_and_a_wrong_click_frame_together(synthetic, tmp_path):
+    src = synthetic["clicks"] / CSV_NAME
+    bad = _rewrite_csv(src, tmp_path / "both.csv", lambda rows: [rows[0] | {"h": "32", "y": "3"}, *rows[1:]])
+    fn = next(k for k in read_user_clicks(bad) if k.click_type == "fn")
+    masks = tmp_path / "prev"
+    shutil.copytree(synthetic["clicks"] / PREVIOUS_MASKS, masks)
+    wrong = masks / f"{fn.full_stem}.png"
+    write_png(wrong, np.zeros((10, 12), np.uint8))
+    with pytest.raises(DataProblems) as err:
+        datamodule(synthetic, clicks=str(bad), previous_masks=str(masks)).setup("fit")
+    assert str(err.value).startswith(f"{synthetic['root']}: 2 data problems (both.csv full_stems of stage fit, "
+                                     "checked before the first step):\n")
+    mask_problem = (f"{wrong}: size 12x10 matches neither the image (64x64) nor the clicks' frame (64x64) "
+                    f"of full_stem '{fn.full_stem}' (both.csv line {fn.line})")
+    frame_problem = f"{bad}: line 2: click frame 64x32 does not match the image size 64x64"
+    assert sorted(str(p) for p in err.value.problems) == sorted([mask_problem, frame_problem])
+
+    # read time keeps the same check as a safety net: a mask broken after setup passed
+    shutil.copy(synthetic["clicks"] / PREVIOUS_MASKS / wrong.name, wrong)
+    dm = datamodule(synthetic, previous_masks=str(masks))
+    dm.setup("fit")
+    write_png(wrong, np.zeros((10, 12), np.uint8))
+    split, index = next((split, i) for split in (dm.train_set, dm.val_set)
+                        for i, t in enumerate(split.tasks) if t.full_stem == fn.full_stem)
+    with pytest.raises(DataError) as err:
+        split[index]
+    assert str(err.value) == mask_problem.replace("both.csv", CSV_NAME)
 
 
 def test_short_training_lowers_validation_kl_and_checkpoint_reloads(synthetic, tmp_path):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -41,29 +45,39 @@ def test_last_checkpoint_holds_the_latest_epoch_even_when_the_best_was_early(tmp
 
 
 class CrashAtEpoch(Callback):
-    """Stands in for a killed job: raises at the start of ``epoch`` (no checkpoint is written on the way out)."""
+    """A job dying in the middle of ``epoch``: raises (``kill=False``) or SIGKILLs its own process."""
 
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, epoch: int, kill: bool = False) -> None:
+        self.epoch, self.kill = epoch, kill
 
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == 1:
+            if self.kill:  # no teardown, no logger flush: what a node failure or `kill -9` leaves behind
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"simulated crash at epoch {self.epoch}")
 
 
-def _fit(tmp_path, name, crash_at=None, ckpt_path=None):
+def _fit(tmp_path, name, crash_at=None, ckpt_path=None, kill=False):
     callbacks = [{"class_path": "callbacks.RunCheckpoint",
                   "init_args": {"monitor": "val/mIoU", "mode": "max", "filename": "best-epoch{epoch:02d}",
                                 "auto_insert_metric_name": False}}]
     if crash_at is not None:
-        callbacks.append({"class_path": "tests.test_resume.CrashAtEpoch", "init_args": {"epoch": crash_at}})
+        callbacks.append({"class_path": "tests.test_resume.CrashAtEpoch", "init_args": {"epoch": crash_at,
+                                                                                       "kill": kill}})
     extra = tmp_path / f"{name}-{crash_at}-{bool(ckpt_path)}.yaml"
     extra.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
     args = ["fit", "--config", str(REPO / "configs/weak_unet/full.yaml"), "--config", str(extra), *TINY_PET,
-            "--trainer.max_epochs", "5", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+            "--trainer.max_epochs", "4", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.name", name,
             "--trainer.default_root_dir", str(tmp_path / name)]
-    return LitSegCLI(args=[*args, "--ckpt_path", str(ckpt_path)] if ckpt_path else args)
+    if ckpt_path:
+        args += ["--ckpt_path", str(ckpt_path)]
+    if kill:  # in its own process, which SIGKILLs itself
+        proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
+                              env=os.environ | {"PYTHONPATH": str(REPO)}, timeout=600)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        return None
+    return LitSegCLI(args=args)
 
 
 def _metrics(run_dir) -> list[dict[str, str]]:
@@ -71,13 +85,12 @@ def _metrics(run_dir) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_crash_after_the_best_epoch_then_resume_equals_the_uninterrupted_run(tmp_path):
+def test_run_killed_mid_epoch_then_resumed_equals_the_uninterrupted_run(tmp_path):
     straight = _fit(tmp_path, "straight")
-    with pytest.raises(RuntimeError, match="simulated crash at epoch 3"):
-        _fit(tmp_path, "crashed", crash_at=3)
+    _fit(tmp_path, "crashed", crash_at=2, kill=True)  # killed in the middle of epoch 2
     run_dir = tmp_path / "crashed" / "version_0"
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["epoch"] == 2  # the latest completed epoch, whatever the best was
+    assert torch.load(last, weights_only=True)["epoch"] == 1  # the latest completed epoch, whatever the best was
 
     resumed = _fit(tmp_path, "crashed", ckpt_path=last)
     # Same run directory: no version_1, Lightning keeps the best-model state it had.
@@ -87,7 +100,7 @@ def test_crash_after_the_best_epoch_then_resume_equals_the_uninterrupted_run(tmp
     assert a.best_model_path.rsplit("/", 1)[-1] == b.best_model_path.rsplit("/", 1)[-1]
     assert b.best_model_path.startswith(str(run_dir))
     assert a.best_model_score.item() == b.best_model_score.item()
-    assert resumed.trainer.global_step == straight.trainer.global_step == 10
+    assert resumed.trainer.global_step == straight.trainer.global_step == 12
     for (name, x), (_, y) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
     # The run's metrics.csv holds every epoch once, equal to the uninterrupted run's.
