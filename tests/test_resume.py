@@ -124,7 +124,7 @@ def test_wandb_run_resumes_in_its_own_folder_and_keeps_the_best_score(tmp_path, 
         extra = tmp_path / f"cb-{crash_at}.yaml"
         extra.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
         args = ["fit", "--config", str(REPO / "configs/weak_unet/full.yaml"), *common, "--config", str(extra),
-                *TINY_PET, "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "1",
+                *TINY_PET, "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2",
                 "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path)]
         return LitSegCLI(args=[*args, "--ckpt_path", str(ckpt_path)] if ckpt_path else args)
 
