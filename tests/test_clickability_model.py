@@ -17,7 +17,7 @@ from clicking.synthetic_clicks import CSV_NAME, PREVIOUS_MASKS, synthesize
 from clicking.user_clicks import COLUMNS, read_user_clicks
 from datamodules.click_maps import ClickMapDataModule
 from lit_modules.clickability import ClickabilityModel
-from litseg.io import DataError, DataProblems, write_png
+from litseg.io import DataError, DataProblems, markdown_table, write_png
 from nets.clickability import ClickabilityNet, ScaleLayer, load_clickability_net, minmax_normalize
 
 
@@ -304,14 +304,23 @@ def test_short_training_lowers_validation_kl_and_checkpoint_reloads(synthetic, t
 
 
 def test_trained_model_beats_the_uniform_baseline_on_nss(synthetic, tmp_path):
-    # ~25 epochs on 36 synthetic full_stems (about 1.5 min on 2 CPU cores).
+    # ~25 epochs on 36 synthetic full_stems (about 1.5 min on 2 CPU cores). README's clickability table is
+    # this test's printout: `pytest tests/test_clickability_model.py -k beats_the_uniform -s` (2 torch threads:
+    # float sums, hence the trained model, depend on the thread count).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
     seed_everything(0)
     dm = datamodule(synthetic)
     model = ClickabilityModel(decoder_channels=32, eval_draws=10)
     trainer = Trainer(accelerator="cpu", max_epochs=25, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.fit(model, datamodule=dm)
-    trainer.test(model, datamodule=dm, verbose=False)
+    try:
+        trainer.fit(model, datamodule=dm)
+        trainer.test(model, datamodule=dm, verbose=False)
+    finally:
+        torch.set_num_threads(threads)
+    print("val", {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    print(markdown_table(model.evaluation_rows, "{:.4g}"))
     table = {r["model"]: r for r in model.evaluation_rows}
     assert set(table) == {"Ours", "UD", "DT"} and table["Ours"]["full_stems"] == 12
     assert table["Ours"]["NSS"] > table["UD"]["NSS"]
