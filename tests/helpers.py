@@ -49,3 +49,20 @@ def save_image(path: Path, array) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
     return path
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, for a test's own gloo process group."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_gloo(rank: int, world: int, port: int) -> None:
+    """Join a loopback gloo process group (call at the start of an ``mp.spawn`` worker)."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)

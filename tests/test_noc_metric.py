@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from metrics.noc import NoCMetric, instance_id, noc_per_instance, summarize_curves, threshold_label
+from tests.helpers import free_port, init_gloo
 
 CURVES = np.array([
     [0.50, 0.86, 0.90, 0.95, 0.97],  # NoC@80 2, @85 2, @90 3
@@ -126,15 +126,8 @@ def test_instance_id_is_stable_and_distinct():
 # ----------------------------------------------------------------------------- DDP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_gloo(rank, world, port)
     try:
         rng = np.random.default_rng(11)
         curves = rng.uniform(0, 1, size=(9, 6)).round(3)
@@ -159,7 +152,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 def test_two_process_gloo_equals_one_process(tmp_path):
     """Ranks with disjoint, duplicated and no data: both ranks compute the one-process result."""
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     rng = np.random.default_rng(11)
     curves = rng.uniform(0, 1, size=(9, 6)).round(3)
     single = NoCMetric(max_clicks=6)
