@@ -57,7 +57,8 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=["GrabCut"])
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    print("| dataset | images | check, cold (s) | check, cached (s) | one plain read pass (s) | cold / pass | cached / cold |")
+    print("| dataset | images | check, cold (s) | check, cached (s) | one plain read pass (s) | cold / pass "
+          "| cached / cold |")
     print("|---|---|---|---|---|---|---|")
     for name in args.datasets:
         r = measure(args.root, name, args.repeats)

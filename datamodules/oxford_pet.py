@@ -31,7 +31,6 @@ from torch.utils.data import Dataset
 
 from datamodules.base import STAGE_SPLITS, LitSegDataModule
 from litseg.imaging import IGNORE_INDEX, normalize
-from litseg.seeding import item_rng
 from litseg.io import (
     DataError,
     FileCheck,
@@ -44,6 +43,7 @@ from litseg.io import (
     read_mask,
     read_text,
 )
+from litseg.seeding import item_rng
 from weak_labels.format import ImageWeakLabels, check_size, load_weak_labels
 from weak_labels.render import flatten_keypoints, render_box_target, render_sparse_target, unflatten_keypoints
 

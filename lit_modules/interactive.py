@@ -33,8 +33,8 @@ from clicking.types import InteractivePredictor
 from clicking.user_clicks import UserClick, describe_unmatched, instance_key, match_first_clicks, nsr, read_user_clicks
 from datamodules.interactive import DATASETS
 from lit_modules.base import LitSegModule
-from litseg.plots import line_plot
 from litseg.io import DataError, raise_problems, write_table
+from litseg.plots import line_plot
 from litseg.seeding import item_rng
 from metrics.noc import NoCMetric, instance_id, threshold_label
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-if ! .venv/bin/python -c "import litseg, lit_modules, torch, lightning" 2>/dev/null; then
+if ! .venv/bin/python -c "import litseg, lit_modules, torch, lightning" 2>/dev/null || [ ! -x .venv/bin/ruff ]; then
     .venv/bin/pip install --quiet -e '.[test]'
 fi
 if ! .venv/bin/python -c "import sam2" 2>/dev/null; then

@@ -101,7 +101,8 @@ def _bad_recipe(tmp_path, section: str, key: str, value) -> Path:
 
 
 @pytest.mark.parametrize(("section", "key", "value", "expected"), [
-    ("model", "supervision", ["pointz"], "'pointz' is not allowed; allowed values: tags, points, scribbles, boxes, full"),
+    ("model", "supervision", ["pointz"],
+     "'pointz' is not allowed; allowed values: tags, points, scribbles, boxes, full"),
     ("model", "lr", -0.1, "lr must be positive, got -0.1"),
     ("data", "label_set", "breeds", "'breeds' is not allowed; allowed values: binary, species, breed"),
 ])

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import copy_pet_subset, save_image
 from lightning.pytorch import LightningModule, Trainer
 from PIL import Image
 
@@ -19,7 +20,6 @@ from datamodules.base import CHECK_CACHE_NAME
 from datamodules.click_maps import ClickMapDataModule, read_stem_list
 from datamodules.interactive import InteractiveDataModule
 from datamodules.oxford_pet import OxfordPetDataModule
-from helpers import copy_pet_subset, save_image
 from lit_modules.interactive import InteractiveBenchmark
 from litseg.io import DataError, DataProblems, read_csv_rows, read_json, write_png
 from weak_labels.format import load_weak_labels
@@ -399,7 +399,8 @@ def synthetic(tmp_path) -> dict[str, Path]:
 def click_maps(synthetic, **kw) -> ClickMapDataModule:
     c = synthetic["clicks"]
     return ClickMapDataModule(**({"root": str(synthetic["root"]), "clicks": str(c / CSV_NAME), "dataset": "GrabCut",
-                                  "previous_masks": str(c / PREVIOUS_MASKS), "train_list": str(c / "synthetic_train.txt"),
+                                  "previous_masks": str(c / PREVIOUS_MASKS),
+                                  "train_list": str(c / "synthetic_train.txt"),
                                   "val_list": str(c / "synthetic_val.txt"), "input_size": 32, "batch_size": 2} | kw))
 
 
