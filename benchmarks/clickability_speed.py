@@ -32,11 +32,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from clicking.band_sampler import group_band, sample_click_location  # noqa: E402
-from clicking.click_maps import distance_transform_baseline, predict_clickability, uniform_baseline  # noqa: E402
 from litseg.io import list_images, read_image, read_mask  # noqa: E402
-from metrics.saliency import kl_loss  # noqa: E402
-from nets.clickability import ClickabilityNet  # noqa: E402
+from litseg.metrics.saliency import kl_loss  # noqa: E402
+from litseg.nets.rclicks import ClickabilityNet  # noqa: E402
+from litseg.rclicks.band_sampler import group_band, sample_click_location  # noqa: E402
+from litseg.rclicks.maps import distance_transform_baseline, predict_clickability, uniform_baseline  # noqa: E402
 
 DAVIS = Path("/work/shared/data/DAVIS")
 

@@ -1,11 +1,11 @@
 """Interactive benchmark speed: encode-once SAM vs the upstream re-encode loop, and the clicker.
 
 RClicks' SAM-family wrappers re-encode the unchanged image at every click (rclicks.md §6:
-"20x image-encoder cost per trajectory"); ``clicking.predictors.sam`` encodes it once per
+"20x image-encoder cost per trajectory"); ``litseg.interactive.predictors.sam`` encodes it once per
 image. In one run this prints, side by side, on a random-weight SAM (timings do not depend
 on the weights):
 
-(a) the full evaluation loop (``clicking.episode.run_image``: set_image, then per click the
+(a) the full evaluation loop (``litseg.interactive.episode.run_image``: set_image, then per click the
     baseline clicker, ``predict`` and the IoU) vs the image encoder alone (goal <= 1.3x);
 (b) the same loop re-encoding at every click, as upstream (goal >= 10x slower), and whether
     both loops give identical IoU curves;
@@ -39,9 +39,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from clicking.clicker import BaselineClicker, baseline_location, error_state  # noqa: E402
-from clicking.episode import iou_curve, run_image  # noqa: E402
-from clicking.predictors.sam import SamClickPredictor  # noqa: E402
+from litseg.interactive.clicker import BaselineClicker, baseline_location, error_state  # noqa: E402
+from litseg.interactive.episode import iou_curve, run_image  # noqa: E402
+from litseg.interactive.predictors.sam import SamClickPredictor  # noqa: E402
 from litseg.io import list_images, read_image, read_mask  # noqa: E402
 from tests.tiny_models import random_sam, tiny_sam  # noqa: E402
 

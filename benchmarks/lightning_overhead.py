@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 import lightning as L  # noqa: E402
 
-from datamodules.oxford_pet import OxfordPetDataModule  # noqa: E402
+from datamodules.weak_unet import OxfordPetDataModule  # noqa: E402
 from lit_modules.weak_unet import WeakLabelUNet, partial_cross_entropy  # noqa: E402
 
 

@@ -1,8 +1,8 @@
 """Every method's LightningModule (importing this registers them with the CLI)."""
 
 from lit_modules.base import LitSegModule
-from lit_modules.clickability import ClickabilityModel
 from lit_modules.interactive import InteractiveBenchmark
+from lit_modules.rclicks import ClickabilityModel
 from lit_modules.weak_unet import WeakLabelUNet
 
 __all__ = ["ClickabilityModel", "InteractiveBenchmark", "LitSegModule", "WeakLabelUNet"]

@@ -2,9 +2,9 @@
 
 ``trainer.test(InteractiveBenchmark(...), datamodule=InteractiveDataModule(...))`` runs,
 for every instance of every image, a ``max_clicks``-click episode of a simulated user
-(:mod:`clicking.clicker`) against a predictor (:func:`clicking.predictors.build_predictor`)
+(:mod:`litseg.interactive.clicker`) against a predictor (:func:`litseg.interactive.predictors.build_predictor`)
 and reports NoC@80/85/90, NoF@85/90, mIoU@k and IoU-AUC per dataset
-(:class:`metrics.noc.NoCMetric`). With ``strategy: user`` every real first click of
+(:class:`litseg.metrics.noc.NoCMetric`). With ``strategy: user`` every real first click of
 ``user_clicks`` (RClicks' clicks.csv) is a 1-click episode instead; the summary then
 reports mIoU@1 and NSR@1.
 
@@ -26,17 +26,24 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from clicking.clicker import ClickStrategy, ReplayClicks, build_strategy
-from clicking.episode import ClickRecord, iou_curve, run_episode
-from clicking.predictors import build_predictor
-from clicking.types import InteractivePredictor
-from clicking.user_clicks import UserClick, describe_unmatched, instance_key, match_first_clicks, nsr, read_user_clicks
-from datamodules.interactive import DATASETS
 from lit_modules.base import LitSegModule
+from litseg.interactive.clicker import ClickStrategy, ReplayClicks, build_strategy
+from litseg.interactive.episode import ClickRecord, iou_curve, run_episode
+from litseg.interactive.predictors import build_predictor
+from litseg.interactive.types import InteractivePredictor
 from litseg.io import DataError, raise_problems, write_table
+from litseg.metrics.noc import NoCMetric, instance_id, threshold_label
 from litseg.plots import line_plot
+from litseg.rclicks.user_clicks import (
+    UserClick,
+    describe_unmatched,
+    instance_key,
+    match_first_clicks,
+    nsr,
+    read_user_clicks,
+)
+from litseg.readers.ritm import DATASETS
 from litseg.seeding import item_rng
-from metrics.noc import NoCMetric, instance_id, threshold_label
 
 SUMMARY_MIOU_AT = (1, 5, 10, 20)
 
@@ -45,13 +52,13 @@ class InteractiveBenchmark(LitSegModule):
     """Test-only benchmark of a click-based interactive segmenter.
 
     Args:
-        predictor: predictor name for ``clicking.predictors.build_predictor`` (e.g.
+        predictor: predictor name for ``litseg.interactive.predictors.build_predictor`` (e.g.
             ``grabcut``, ``sam``, ``sam2``, or ``package.module:Factory``).
         predictor_args: its keyword arguments (checkpoint, model type, ...). ``device: auto``
             is replaced by this process's device (each DDP rank gets its own GPU).
         strategy: the simulated user: ``baseline`` (RITM); ``clickability`` (RClicks: locations
             sampled from a clickability map, optionally one clicking group, see
-            ``clicking.band_sampler.ClickabilityStrategy``); ``user`` (replay the real first
+            ``litseg.rclicks.band_sampler.ClickabilityStrategy``); ``user`` (replay the real first
             clicks of ``user_clicks``, one 1-click episode each); ``sample`` (RClicks "Sample":
             as ``user``, but each real click replaced by one click sampled from the unsliced
             clickability map, the RNG not reseeded between users).
@@ -133,7 +140,7 @@ class InteractiveBenchmark(LitSegModule):
         self.noc_metrics = torch.nn.ModuleDict({
             name: NoCMetric(self.max_clicks, self.iou_thresholds, self.nof_thresholds) for name in self.dataset_names
         })
-        import clicking.band_sampler  # noqa: F401  (registers the "clickability" strategy)
+        import litseg.rclicks.band_sampler  # noqa: F401  (registers the "clickability" strategy)
 
         if self.user_mode:
             self._user_first_clicks = self._match_user_clicks(datamodule)

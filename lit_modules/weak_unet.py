@@ -8,8 +8,9 @@ Losses per kind:
     tags       multi-label BCE on the classification head, plus cross-entropy of the decoder
                against CAM pseudo-masks (CAM thresholded; pixels between the thresholds ignored;
                CAMs are detached, so the classifier is trained only by the BCE).
-    points     partial cross-entropy (unlabelled pixels ignored).
-    scribbles  partial cross-entropy.
+    points     partial cross-entropy (unlabelled pixels ignored); optionally class-balanced
+               (``class_balanced: [points]``: every labelled class weighs the same).
+    scribbles  partial cross-entropy (optionally class-balanced, likewise).
     boxes      cross-entropy on the box pseudo-masks (inside = class, outside = background).
     full       cross-entropy on the dense trimap classes (border ignored).
     total      sum of lambda_kind * loss_kind (lambda 1.0 unless set).
@@ -24,18 +25,32 @@ import torch.nn.functional as F
 
 from lit_modules.base import LitSegModule
 from litseg.imaging import IGNORE_INDEX
-from metrics.segmentation import flatten_results, segmentation_metrics
-from nets.weak_unet import EffUNet
+from litseg.metrics.segmentation import flatten_results, segmentation_metrics
+from litseg.nets.weak_unet import EffUNet
 
 SupervisionKind = Literal["tags", "points", "scribbles", "boxes", "full"]
 SUPERVISION_KINDS: tuple[str, ...] = ("tags", "points", "scribbles", "boxes", "full")
 
 
-def partial_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over labelled pixels only; zero (with a gradient path) when none are labelled."""
-    if not (target != IGNORE_INDEX).any():
+def partial_cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_balanced: bool = False) -> torch.Tensor:
+    """Cross-entropy over labelled pixels only; zero (with a gradient path) when none are labelled.
+
+    ``class_balanced``: the mean over the classes present in the batch of each class's mean
+    pixel CE, i.e. pixel weights ``1 / (n_classes_present * n_c)``, so every labelled class
+    contributes equally whatever its pixel count (inverse-frequency class balancing, as the
+    median-frequency weights of Eigen & Fergus, ICCV 2015, used by SegNet, but from the batch's
+    own labelled pixels). Without it, the plain pixel mean.
+    """
+    labelled = target != IGNORE_INDEX
+    if not labelled.any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    if not class_balanced:
+        return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    per_pixel = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")[labelled]
+    classes, inverse = target[labelled].unique(return_inverse=True)
+    class_sums = per_pixel.new_zeros(len(classes)).index_add_(0, inverse, per_pixel)
+    class_counts = torch.bincount(inverse, minlength=len(classes)).to(per_pixel.dtype)
+    return (class_sums / class_counts).mean()
 
 
 def cam_pseudo_labels(cam: torch.Tensor, tags: torch.Tensor, fg_threshold: float, bg_threshold: float) -> torch.Tensor:
@@ -62,8 +77,12 @@ class WeakLabelUNet(LitSegModule):
         lambdas: weight per kind (default 1.0 each); keys must be among ``supervision``.
         encoder_name: smp encoder (EfficientNet family).
         encoder_weights: ``imagenet`` in real use; ``null`` offline / in tests.
+        encoder_bn_momentum: BatchNorm momentum of the encoder (see :class:`litseg.nets.weak_unet.EffUNet`;
+            ``null`` keeps smp's 0.01, too slow for a few dozen steps from scratch).
         cam_fg_threshold, cam_bg_threshold: CAM pseudo-mask thresholds (tags only).
         cam_loss_weight: weight of the decoder's CAM pseudo-mask loss inside the tags loss.
+        class_balanced: kinds whose partial cross-entropy is class-balanced (every labelled class
+            weighs the same, see :func:`partial_cross_entropy`), e.g. ``[points]``.
     """
 
     def __init__(
@@ -73,9 +92,11 @@ class WeakLabelUNet(LitSegModule):
         lambdas: dict[str, float] | None = None,
         encoder_name: str = "efficientnet-b0",
         encoder_weights: str | None = None,
+        encoder_bn_momentum: float | None = 0.1,
         cam_fg_threshold: float = 0.5,
         cam_bg_threshold: float = 0.2,
         cam_loss_weight: float = 1.0,
+        class_balanced: list[SupervisionKind] | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
         optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
@@ -95,6 +116,11 @@ class WeakLabelUNet(LitSegModule):
         stray = [k for k in lambdas if k not in supervision]
         if stray:
             raise ValueError(f"lambdas given for kinds not in supervision {supervision}: {stray}")
+        class_balanced = list(class_balanced or [])
+        stray = [k for k in class_balanced if k not in supervision or k == "tags"]
+        if stray:
+            raise ValueError(f"class_balanced lists kinds that are not pixel-supervised kinds of {supervision}: "
+                             f"{stray}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
         self.save_hyperparameters()
@@ -104,7 +130,9 @@ class WeakLabelUNet(LitSegModule):
         self.cam_fg_threshold = cam_fg_threshold
         self.cam_bg_threshold = cam_bg_threshold
         self.cam_loss_weight = cam_loss_weight
-        self.net = EffUNet(num_classes=num_classes, encoder_name=encoder_name, encoder_weights=encoder_weights)
+        self.class_balanced = set(class_balanced)
+        self.net = EffUNet(num_classes=num_classes, encoder_name=encoder_name, encoder_weights=encoder_weights,
+                           encoder_bn_momentum=encoder_bn_momentum)
         if "tags" not in supervision:
             self.net.classifier.requires_grad_(False)  # unused by the loss: DDP needs every trained param used
         self.val_metrics = segmentation_metrics(num_classes, prefix="val/")
@@ -120,7 +148,8 @@ class WeakLabelUNet(LitSegModule):
         n = getattr(dm, "num_classes", None)
         if n is not None and n != self.num_classes:
             raise ValueError(f"model.num_classes={self.num_classes} but the data's label set "
-                             f"'{getattr(dm, 'label_set', '?')}' has {n} classes; set --model.init_args.num_classes {n}")
+                             f"'{getattr(dm, 'label_set', '?')}' has {n} classes; "
+                             f"set --model.init_args.num_classes {n}")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)["logits"]
@@ -136,10 +165,9 @@ class WeakLabelUNet(LitSegModule):
                 pseudo = cam_pseudo_labels(out["cam"].detach(), batch["tags"], self.cam_fg_threshold,
                                            self.cam_bg_threshold)
                 losses[kind] = bce + self.cam_loss_weight * partial_cross_entropy(logits, pseudo)
-            elif kind == "full":
-                losses[kind] = partial_cross_entropy(logits, batch["mask"])
-            else:  # points, scribbles, boxes: label maps with 255 = unlabelled
-                losses[kind] = partial_cross_entropy(logits, batch[kind])
+            else:  # full (dense trimap), points, scribbles, boxes: label maps with 255 = unlabelled
+                target = batch["mask"] if kind == "full" else batch[kind]
+                losses[kind] = partial_cross_entropy(logits, target, class_balanced=kind in self.class_balanced)
         return losses
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

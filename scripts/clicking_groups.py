@@ -3,7 +3,7 @@
 For every dataset this runs the interactive benchmark (``lit_modules.interactive.InteractiveBenchmark``)
 eleven times with the same predictor: once with RITM's baseline clicker ("Base") and once
 per clicking group G1..G10 (clicks sampled from the band ``[(k-1)/10, k/10]`` of the
-clickability map, :class:`clicking.band_sampler.ClickabilityStrategy`), 20 clicks per
+clickability map, :class:`litseg.rclicks.band_sampler.ClickabilityStrategy`), 20 clicks per
 instance, one trajectory each, clicks seeded per image. With ``--user-clicks`` it also runs
 the User mode (every real first click as its own 1-click episode) for NSR@1. It writes
 into ``--output``:
@@ -37,12 +37,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import clicking.band_sampler  # noqa: E402,F401  (registers the "clickability" strategy)
-from datamodules.interactive import DATASETS, InteractiveDataModule  # noqa: E402
+import litseg.rclicks.band_sampler  # noqa: E402,F401  (registers the "clickability" strategy)
+from datamodules.interactive import InteractiveDataModule  # noqa: E402
 from lit_modules.interactive import InteractiveBenchmark  # noqa: E402
 from litseg.io import write_table  # noqa: E402
-from metrics.noc import InstanceTable  # noqa: E402
-from metrics.robustness import CLICKING_GROUPS, robustness_summary  # noqa: E402
+from litseg.metrics.noc import InstanceTable  # noqa: E402
+from litseg.metrics.robustness import CLICKING_GROUPS, robustness_summary  # noqa: E402
+from litseg.readers.ritm import DATASETS  # noqa: E402
 
 
 def _modes(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:

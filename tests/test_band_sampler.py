@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from clicking.band_sampler import (
+from litseg.interactive.clicker import build_strategy, error_state
+from litseg.interactive.episode import run_episode
+from litseg.nets.rclicks import ClickabilityNet
+from litseg.rclicks.band_sampler import (
     SAMPLE_GROUP,
     ClickabilityStrategy,
     band_map,
@@ -16,10 +19,7 @@ from clicking.band_sampler import (
     sample_click_location,
     sample_from_band,
 )
-from clicking.click_maps import distance_transform_baseline
-from clicking.clicker import build_strategy, error_state
-from clicking.episode import run_episode
-from nets.clickability import ClickabilityNet
+from litseg.rclicks.maps import distance_transform_baseline
 
 
 def test_group_bands():

@@ -148,7 +148,7 @@ def test_checkpoint_of_another_recipe_or_method_stops_naming_checkpoint_config_a
     lines = _fails(["train.py", "fit", "--config", recipe, "--ckpt_path", str(boxes)])
     assert lines[0] == (f"error: {boxes}: checkpoint does not match the config ({recipe}): model.init_args.supervision "
                         "is ['boxes'] in the checkpoint but ['points'] in the config")
-    clickability = _checkpoint(tmp_path, "clicks", "lit_modules.clickability.ClickabilityModel", backbone="resnet18")
+    clickability = _checkpoint(tmp_path, "clicks", "lit_modules.rclicks.ClickabilityModel", backbone="resnet18")
     for script in (["train.py", "fit"], ["evaluate.py", "--output_dir", str(tmp_path / "out")]):
         lines = _fails([*script, "--config", recipe, "--ckpt_path", str(clickability), "--trainer.logger", "false"])
         assert lines[0] == (f"error: {clickability}: checkpoint holds a ClickabilityModel but the config ({recipe}) "

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from clicking.click_maps import (
+from litseg.imaging import IMAGENET_MEAN, IMAGENET_STD
+from litseg.io import DataError
+from litseg.rclicks.maps import (
     ClickMapCache,
     Letterbox,
     click_gaussians,
@@ -20,8 +22,6 @@ from clicking.click_maps import (
     soft_error_prior,
     unletterbox,
 )
-from litseg.imaging import IMAGENET_MEAN, IMAGENET_STD
-from litseg.io import DataError
 
 GT = np.array([[0, 1, 1], [0, 1, 1], [0, 0, 0]], dtype=np.uint8)
 PREV = np.array([[1, 1, 0], [0, 0, 0], [0, 0, 1]], dtype=np.uint8)

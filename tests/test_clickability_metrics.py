@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.stats import wasserstein_distance_nd
 
-from metrics.click_distribution import (
+from litseg.metrics.click_distribution import (
     aggregate_scores,
     click_distribution_scores,
     click_distribution_table,
@@ -26,9 +26,9 @@ from metrics.click_distribution import (
     uniform_baseline,
     wasserstein_2d,
 )
-from metrics.noc import InstanceTable
-from metrics.robustness import align_groups, delta_gr, delta_hh, delta_sb, robustness_summary, sample_mean_std
-from metrics.saliency import (
+from litseg.metrics.noc import InstanceTable
+from litseg.metrics.robustness import align_groups, delta_gr, delta_hh, delta_sb, robustness_summary, sample_mean_std
+from litseg.metrics.saliency import (
     SaliencyCC,
     SaliencyKLD,
     SaliencySIM,
@@ -328,7 +328,7 @@ def test_aggregate_and_table(tmp_path):
 
 
 def test_clickability_module_threads_the_ks_variant(tmp_path):
-    from lit_modules.clickability import ClickabilityModel
+    from lit_modules.rclicks import ClickabilityModel
 
     assert ClickabilityModel(decoder_channels=8).hparams.ks_variant == "rclicks"
     with pytest.raises(ValueError, match="ks_variant"):

@@ -12,13 +12,13 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from clicking.click_maps import Letterbox, gt_click_map
-from clicking.synthetic_clicks import CSV_NAME, PREVIOUS_MASKS, synthesize
-from clicking.user_clicks import COLUMNS, read_user_clicks
-from datamodules.click_maps import ClickMapDataModule
-from lit_modules.clickability import ClickabilityModel
+from datamodules.rclicks import ClickMapDataModule
+from lit_modules.rclicks import ClickabilityModel
 from litseg.io import DataError, DataProblems, markdown_table, write_png
-from nets.clickability import ClickabilityNet, ScaleLayer, load_clickability_net, minmax_normalize
+from litseg.nets.rclicks import ClickabilityNet, ScaleLayer, load_clickability_net, minmax_normalize
+from litseg.rclicks.maps import Letterbox, gt_click_map
+from litseg.rclicks.synthetic_clicks import CSV_NAME, PREVIOUS_MASKS, synthesize
+from litseg.rclicks.user_clicks import COLUMNS, read_user_clicks
 
 
 def _inputs(batch: int = 2, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import distance_transform_edt
 
-from clicking.clicker import (
+from litseg.geometry import padded_distance_transform
+from litseg.interactive.clicker import (
     STRATEGIES,
     BaselineClicker,
     ErrorDrivenStrategy,
@@ -17,8 +18,7 @@ from clicking.clicker import (
     build_strategy,
     error_state,
 )
-from clicking.types import Click
-from litseg.geometry import padded_distance_transform
+from litseg.interactive.types import Click
 
 
 def blocks(shape: tuple[int, int], *boxes: tuple[int, int, int, int]) -> np.ndarray:

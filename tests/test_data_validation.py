@@ -14,16 +14,16 @@ from lightning.pytorch import LightningModule, Trainer
 from PIL import Image
 
 import litseg.io
-from clicking.synthetic_clicks import CSV_NAME, PREVIOUS_MASKS, synthesize
-from clicking.user_clicks import COLUMNS
 from datamodules.base import CHECK_CACHE_NAME
-from datamodules.click_maps import ClickMapDataModule, read_stem_list
 from datamodules.interactive import InteractiveDataModule
-from datamodules.oxford_pet import OxfordPetDataModule
+from datamodules.rclicks import ClickMapDataModule, read_stem_list
+from datamodules.weak_unet import OxfordPetDataModule
 from lit_modules.interactive import InteractiveBenchmark
 from litseg.io import DataError, DataProblems, read_csv_rows, read_json, write_png
-from weak_labels.format import load_weak_labels
-from weak_labels.generate import GeneratorConfig, write_weak_labels
+from litseg.rclicks.synthetic_clicks import CSV_NAME, PREVIOUS_MASKS, synthesize
+from litseg.rclicks.user_clicks import COLUMNS
+from litseg.weak_labels.format import load_weak_labels
+from litseg.weak_labels.generate import GeneratorConfig, write_weak_labels
 
 PREDICTOR = "test_data_validation:SquarePredictor"  # import string for build_predictor
 

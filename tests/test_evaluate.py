@@ -8,8 +8,8 @@ import yaml
 from PIL import Image
 
 import evaluate
-from datamodules.oxford_pet import scan_pets, split_stems
 from lit_modules.weak_unet import WeakLabelUNet
+from litseg.readers.oxford_pet import scan_pets, split_stems
 from tests.helpers import REPO, TINY_PET
 
 

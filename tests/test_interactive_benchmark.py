@@ -13,13 +13,13 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
-from clicking.clicker import BaselineClicker, ReplayClicks
-from clicking.episode import mask_iou, run_episode, run_image
-from clicking.types import Click
-from clicking.user_clicks import COLUMNS
 from datamodules.interactive import InteractiveDataModule
 from lit_modules.interactive import InteractiveBenchmark
+from litseg.interactive.clicker import BaselineClicker, ReplayClicks
+from litseg.interactive.episode import mask_iou, run_episode, run_image
+from litseg.interactive.types import Click
 from litseg.io import DataError
+from litseg.rclicks.user_clicks import COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 ORACLE = "test_interactive_benchmark:SquareOracle"  # import string for build_predictor
@@ -412,8 +412,8 @@ def test_classical_predictor_on_bundled_grabcut(tmp_path):
     assert row["NoC@90"] == pytest.approx(np.mean(nocs))
     assert row["NoF@90"] == sum(n == 3 for n in nocs)
     # The first click does not depend on the predictor: the DT centre of each object.
-    from clicking.clicker import baseline_location, error_state
-    from datamodules.interactive import load_sample, scan_dataset
+    from litseg.interactive.clicker import baseline_location, error_state
+    from litseg.readers.ritm import load_sample, scan_dataset
 
     firsts = [(r["image"], r["click_y"], r["click_x"]) for r in c.model.click_rows if r["k"] == 1]
     want = []

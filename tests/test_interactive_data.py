@@ -10,17 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clicking.user_clicks import COLUMNS, first_clicks_by_instance, instance_key, nsr, read_user_clicks
 from datamodules.base import UnpaddedDistributedSampler
-from datamodules.interactive import (
-    InteractiveDataModule,
-    decode_ids,
-    limited_size,
-    load_sample,
-    scan_dataset,
-    single_sample,
-)
+from datamodules.interactive import InteractiveDataModule, single_sample
 from litseg.io import DataError
+from litseg.rclicks.user_clicks import COLUMNS, first_clicks_by_instance, instance_key, nsr, read_user_clicks
+from litseg.readers.ritm import decode_ids, limited_size, load_sample, scan_dataset
 
 SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "sample_data"
 

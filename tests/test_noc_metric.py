@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from metrics.noc import NoCMetric, instance_id, noc_per_instance, summarize_curves, threshold_label
+from litseg.metrics.noc import NoCMetric, instance_id, noc_per_instance, summarize_curves, threshold_label
 from tests.helpers import free_port, init_gloo
 
 CURVES = np.array([

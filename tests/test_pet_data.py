@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.oxford_pet import OxfordPetDataModule, scan_pets, split_stems
+from datamodules.weak_unet import OxfordPetDataModule
 from litseg.io import DataError
+from litseg.readers.oxford_pet import scan_pets, split_stems
+from litseg.weak_labels.generate import GeneratorConfig, write_weak_labels
 from tests.helpers import copy_pet_subset
-from weak_labels.generate import GeneratorConfig, write_weak_labels
 
 
 def small_copy(pet_root: Path, tmp_path: Path, n: int | None = None) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from clicking.predictors import (
+from litseg.interactive.predictors import (
     ClickPredictor,
     available_predictors,
     build_predictor,
@@ -18,8 +18,8 @@ from clicking.predictors import (
     drops_previous_mask,
     register_predictor,
 )
-from clicking.predictors import base as predictors_base
-from clicking.types import Click, InteractivePredictor
+from litseg.interactive.predictors import base as predictors_base
+from litseg.interactive.types import Click, InteractivePredictor
 from litseg.io import DataError
 from tests.tiny_models import tiny_sam, tiny_sam2
 
@@ -98,18 +98,19 @@ def test_register_and_import_string():
         assert isinstance(pred, Constant)
         with pytest.raises(ValueError, match="already registered"):
             register_predictor("constant_for_test", Constant)
-        register_predictor("constant_for_test", "clicking.predictors.classical:GrabCutPredictor", overwrite=True)
+        register_predictor("constant_for_test", "litseg.interactive.predictors.classical:GrabCutPredictor",
+                           overwrite=True)
         assert type(build_predictor("constant_for_test", max_side=64)).__name__ == "GrabCutPredictor"
     finally:
         predictors_base._REGISTRY.pop("constant_for_test")
     # an import string works without registering, in both spellings
-    gc = build_predictor("clicking.predictors.classical:GrabCutPredictor", max_side=100)
+    gc = build_predictor("litseg.interactive.predictors.classical:GrabCutPredictor", max_side=100)
     assert gc.max_side == 100
-    assert build_predictor("clicking.predictors.classical.GrabCutPredictor").max_side == 320
+    assert build_predictor("litseg.interactive.predictors.classical.GrabCutPredictor").max_side == 320
     with pytest.raises(ValueError, match="cannot import module 'no_such_pkg.mod'"):
         build_predictor("no_such_pkg.mod:Thing")
     with pytest.raises(ValueError, match="has no attribute 'Nope'"):
-        build_predictor("clicking.predictors.classical:Nope")
+        build_predictor("litseg.interactive.predictors.classical:Nope")
     with pytest.raises(TypeError, match="lacks the InteractivePredictor members"):
         build_predictor("collections:OrderedDict")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from metrics.segmentation import flatten_results, segmentation_metrics
+from litseg.metrics.segmentation import flatten_results, segmentation_metrics
 
 # 3 classes, one 3x4 image; 255 pixels are ignored.
 TARGET = torch.tensor([[[0, 0, 1, 1], [0, 2, 1, 255], [2, 2, 255, 1]]])

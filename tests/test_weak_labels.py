@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 
 from litseg.io import DataError, read_image, read_mask, write_json, write_png
-from weak_labels import (
+from litseg.weak_labels import (
     FORMAT_NAME,
     GeneratorConfig,
     check_size,
@@ -24,7 +24,7 @@ from weak_labels import (
     unflatten_keypoints,
     write_weak_labels,
 )
-from weak_labels.__main__ import main as cli_main
+from litseg.weak_labels.__main__ import main as cli_main
 
 PET_ROOT = Path(__file__).parents[1] / "sample_data" / "oxford_pet_subset"
 EIGHT = np.ones((3, 3), bool)

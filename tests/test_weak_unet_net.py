@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nets.weak_unet import CAM_EPS, EffUNet
+from litseg.nets.weak_unet import CAM_EPS, EffUNet
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,29 @@ def test_bad_arguments(binary_net):
         EffUNet(num_classes=1)
     with pytest.raises(ValueError, match="divisible by 32"):
         binary_net(torch.zeros(1, 3, 48, 64))
+
+
+def test_encoder_batchnorm_momentum():
+    def momenta(net):
+        return {m.momentum for m in net.unet.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+    def decoder_momenta(net):
+        return {m.momentum for m in net.unet.decoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+    # smp's EfficientNet keeps TensorFlow's decay 0.99 (momentum 0.01): too slow for a short run.
+    (smp_momentum,) = momenta(EffUNet(num_classes=2, encoder_bn_momentum=None))
+    assert smp_momentum == pytest.approx(0.01)
+    net = EffUNet(num_classes=2)
+    assert momenta(net) == {0.1}
+    assert decoder_momenta(net) == {0.1}  # smp's decoder already uses PyTorch's default
+    # After one training-mode pass the running mean has moved by `momentum` towards the batch mean.
+    bn = next(m for m in net.unet.encoder.modules() if isinstance(m, nn.BatchNorm2d))
+    seen = {}
+    bn.register_forward_hook(lambda mod, inp, out: seen.setdefault("x", inp[0].detach()))
+    before = bn.running_mean.clone()
+    net.train()
+    net(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)))
+    batch_mean = seen["x"].mean(dim=(0, 2, 3))
+    torch.testing.assert_close(bn.running_mean, 0.9 * before + 0.1 * batch_mean)
+    with pytest.raises(ValueError, match="encoder_bn_momentum"):
+        EffUNet(num_classes=2, encoder_bn_momentum=0.0)

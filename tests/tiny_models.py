@@ -159,13 +159,13 @@ def random_sam(encoder: str = "vit_b", img_size: int = 1024, seed: int = 0) -> n
 def tiny_sam_predictor(**kwargs):
     """A ``sam`` click predictor over :func:`tiny_sam`, nameable in configs as
     ``tests.tiny_models:tiny_sam_predictor`` (drives the whole benchmark loop in tests)."""
-    from clicking.predictors.sam import SamClickPredictor
+    from litseg.interactive.predictors.sam import SamClickPredictor
 
     return SamClickPredictor(model=tiny_sam(), **kwargs)
 
 
 def tiny_sam2_predictor(image_size: int = 128, **kwargs):
     """A ``sam2`` click predictor over :func:`tiny_sam2` (``tests.tiny_models:tiny_sam2_predictor``)."""
-    from clicking.predictors.sam2 import Sam2ClickPredictor
+    from litseg.interactive.predictors.sam2 import Sam2ClickPredictor
 
     return Sam2ClickPredictor(model=tiny_sam2(image_size=image_size), **kwargs)

@@ -1,12 +1,12 @@
 """Weak labels (tags, points, scribbles, boxes) for the weakly-supervised segmentation study.
 
-* :mod:`weak_labels.generate`: simulate the annotations from Oxford-IIIT Pet trimaps
-  (``python -m weak_labels --root DIR --output FILE.json``).
-* :mod:`weak_labels.format`: the versioned JSON file, its loader and checks.
-* :mod:`weak_labels.render`: training targets drawn after augmentation.
+* :mod:`litseg.weak_labels.generate`: simulate the annotations from Oxford-IIIT Pet trimaps
+  (``python -m litseg.weak_labels --root DIR --output FILE.json``).
+* :mod:`litseg.weak_labels.format`: the versioned JSON file, its loader and checks.
+* :mod:`litseg.weak_labels.render`: training targets drawn after augmentation.
 """
 
-from weak_labels.format import (
+from litseg.weak_labels.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     ImageWeakLabels,
@@ -14,8 +14,8 @@ from weak_labels.format import (
     check_size,
     load_weak_labels,
 )
-from weak_labels.generate import GeneratorConfig, generate_weak_labels, write_weak_labels
-from weak_labels.render import (
+from litseg.weak_labels.generate import GeneratorConfig, generate_weak_labels, write_weak_labels
+from litseg.weak_labels.render import (
     SparseKeypoints,
     flatten_keypoints,
     polyline_pixels,

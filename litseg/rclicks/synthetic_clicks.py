@@ -17,7 +17,7 @@ Outputs (all names say "synthetic"): ``synthetic_clicks.csv`` (RClicks columns; 
 layout) and ``synthetic_train.txt`` / ``synthetic_val.txt`` (image-stem split).
 A model trained on these learns "click near the centre of the error", nothing about people.
 
-    python -m clicking.synthetic_clicks --root sample_data --dataset GrabCut --out runs/rclicks_synthetic
+    python -m litseg.rclicks.synthetic_clicks --root sample_data --dataset GrabCut --out runs/rclicks_synthetic
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from clicking.user_clicks import COLUMNS, instance_key
-from datamodules.interactive import DATASETS, load_sample, scan_dataset
 from litseg.geometry import padded_distance_transform
 from litseg.io import atomic_path, write_png, write_table
+from litseg.rclicks.user_clicks import COLUMNS, instance_key
+from litseg.readers.ritm import DATASETS, load_sample, scan_dataset
 from litseg.seeding import item_rng
 
 CSV_NAME = "synthetic_clicks.csv"
@@ -129,7 +129,7 @@ def synthesize(root: str | os.PathLike[str], dataset: str, out_dir: str | os.Pat
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m clicking.synthetic_clicks",
+        prog="python -m litseg.rclicks.synthetic_clicks",
         description="Write SYNTHETIC clicks (NOT real user clicks) in RClicks' clicks.csv schema: clicks jittered "
                     "around the distance-transform maximum of each object (first) and of made-up fn / fp error "
                     "regions, with their previous masks as PNG and a train / val image-stem split. For demos and "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from nets.clickability import minmax_normalize
+from litseg.nets.rclicks import minmax_normalize
 
 EPS = 1e-9
 

@@ -1,7 +1,7 @@
 """The weak-label file (WSSS study on Oxford-IIIT Pet): format, loading and validation.
 
 One JSON file (never pickle: loading a pickle runs code), written by
-``python -m weak_labels``::
+``python -m litseg.weak_labels``::
 
     {"format": "litseg-weak-labels", "version": 1,
      "generator": {"seed": 0, "min_object_fraction": 0.005, ...every parameter...},
@@ -153,8 +153,8 @@ def load_weak_labels(path: str | os.PathLike[str],
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
         raise DataError(path, f"not a weak-label file: format is {found!r}, expected {FORMAT_NAME!r}")
     if document.get("version") != FORMAT_VERSION:
-        raise DataError(path, f"unsupported weak-label format version {document.get('version')!r}; "
-                              f"this code reads version {FORMAT_VERSION} (regenerate with python -m weak_labels)")
+        raise DataError(path, f"unsupported weak-label format version {document.get('version')!r}; this code "
+                              f"reads version {FORMAT_VERSION} (regenerate with python -m litseg.weak_labels)")
     images = document.get("images")
     if not isinstance(images, dict):
         raise DataError(path, "'images' must be an object mapping stem -> labels")
@@ -164,7 +164,7 @@ def load_weak_labels(path: str | os.PathLike[str],
             raise DataError(
                 path,
                 f"does not match the dataset: {len(missing)} image(s) have no weak labels, e.g. {missing[:5]} "
-                "(regenerate it for this dataset with python -m weak_labels)",
+                "(regenerate it for this dataset with python -m litseg.weak_labels)",
             )
     return {stem: _Checker(path, stem).entry(entry) for stem, entry in images.items()}
 

@@ -1,6 +1,6 @@
-"""CLI of the weak-label generator: ``python -m weak_labels --root DIR --output FILE.json``.
+"""CLI of the weak-label generator: ``python -m litseg.weak_labels --root DIR --output FILE.json``.
 
-See :mod:`weak_labels.generate` for what is generated and :mod:`weak_labels.format` for the file.
+See :mod:`litseg.weak_labels.generate` for what is generated and :mod:`litseg.weak_labels.format` for the file.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import time
 from collections.abc import Sequence
 
 from litseg.io import DataError
-from weak_labels.generate import GeneratorConfig, write_weak_labels
+from litseg.weak_labels.generate import GeneratorConfig, write_weak_labels
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     defaults = GeneratorConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m weak_labels",
+        prog="python -m litseg.weak_labels",
         description="Generate tags / points / scribbles / boxes from Oxford-IIIT Pet trimaps "
                     "(root/images/*.jpg, root/annotations/trimaps/*.png) into one JSON file.",
     )

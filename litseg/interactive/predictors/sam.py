@@ -30,9 +30,9 @@ import torch
 from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import Sam
 
-from clicking.predictors.base import ClickPredictor, MaskReset, clicks_to_points, drops_previous_mask
-from clicking.types import Click
 from litseg.checkpoint import load_weights
+from litseg.interactive.predictors.base import ClickPredictor, MaskReset, clicks_to_points, drops_previous_mask
+from litseg.interactive.types import Click
 from litseg.io import DataError
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
@@ -51,7 +51,7 @@ def build_sam(model_type: str, checkpoint: str | Path) -> Sam:
 
 
 class SamClickPredictor(ClickPredictor):
-    """SAM as an :class:`~clicking.types.InteractivePredictor`.
+    """SAM as an :class:`~litseg.interactive.types.InteractivePredictor`.
 
     Args:
         model_type: upstream architecture (``vit_b`` / ``vit_l`` / ``vit_h``).

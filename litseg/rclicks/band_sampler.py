@@ -20,9 +20,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from clicking.click_maps import DEFAULT_SIZE, distance_transform_baseline, predict_clickability, uniform_baseline
-from clicking.clicker import ErrorDrivenStrategy, ErrorState, baseline_location, register_strategy
-from nets.clickability import load_clickability_net
+from litseg.interactive.clicker import ErrorDrivenStrategy, ErrorState, baseline_location, register_strategy
+from litseg.nets.rclicks import load_clickability_net
+from litseg.rclicks.maps import DEFAULT_SIZE, distance_transform_baseline, predict_clickability, uniform_baseline
 
 GROUP_COUNT = 10
 SAMPLE_GROUP = 11  # NoCMetric group id of unsliced sampling (band [0, 1], RClicks' "Sample")

@@ -24,8 +24,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from clicking.predictors.base import ClickPredictor
-from clicking.types import Click
+from litseg.interactive.predictors.base import ClickPredictor
+from litseg.interactive.types import Click
 
 
 class GrabCutPredictor(ClickPredictor):

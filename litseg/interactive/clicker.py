@@ -20,7 +20,7 @@ Deliberate difference from RITM: when no un-clicked error pixel is left (perfect
 every remaining error pixel already clicked), RITM takes the argmax of an all-zero map,
 i.e. a *negative* click at ``(0, 0)``, which can damage a perfect mask. Here the simulated
 user stops instead (:func:`baseline_location` returns ``None``); the episode loop keeps
-the last prediction for the remaining clicks (see :mod:`clicking.episode`).
+the last prediction for the remaining clicks (see :mod:`litseg.interactive.episode`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from clicking.types import Click
 from litseg.geometry import padded_distance_transform
+from litseg.interactive.types import Click
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class ClickStrategy(ABC):
     :meth:`next_click` once per click with the current :class:`ErrorState`. Returning
     ``None`` ends the user's clicking for this instance.
 
-    ``group`` is the :class:`metrics.noc.NoCMetric` group its trajectories are filed
+    ``group`` is the :class:`litseg.metrics.noc.NoCMetric` group its trajectories are filed
     under: 0 for the baseline; the RClicks clicking groups use 1..10.
     """
 

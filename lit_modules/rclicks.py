@@ -14,7 +14,7 @@ statistic (``ndtest.ks2d2s``) unless ``ks_variant: textbook``; the tables' KS co
 (``KS (ndtest ks2d2s)`` / ``KS (textbook Fasano-Franceschini)``), the logged key stays ``KS``.
 
 Differences from upstream, on purpose: a timm CNN + FPN-style head instead of SegNeXt-B
-(see :mod:`nets.clickability`); the cosine decays to 0 at the last step, where upstream's
+(see :mod:`litseg.nets.rclicks`); the cosine decays to 0 at the last step, where upstream's
 timm schedule stops at cosine position 0.9 (lr about 2.4e-4).
 """
 
@@ -25,10 +25,8 @@ from typing import Any, Literal
 
 import torch
 
-from clicking.click_maps import distance_transform_baseline, uniform_baseline
 from lit_modules.base import LitSegModule
-from litseg.seeding import item_rng
-from metrics.click_distribution import (
+from litseg.metrics.click_distribution import (
     BOOTSTRAP_DRAWS,
     KS_VARIANTS,
     KSVariant,
@@ -36,8 +34,10 @@ from metrics.click_distribution import (
     click_distribution_scores,
     click_distribution_table,
 )
-from metrics.saliency import SaliencyCC, SaliencyKLD, SaliencySIM, kl_loss
-from nets.clickability import ClickabilityNet, minmax_normalize
+from litseg.metrics.saliency import SaliencyCC, SaliencyKLD, SaliencySIM, kl_loss
+from litseg.nets.rclicks import ClickabilityNet, minmax_normalize
+from litseg.rclicks.maps import distance_transform_baseline, uniform_baseline
+from litseg.seeding import item_rng
 
 MODEL_NAME = "Ours"
 
@@ -47,7 +47,7 @@ class ClickabilityModel(LitSegModule):
 
     Args:
         backbone, pretrained, fusion, decoder_channels, backbone_weights, dropout: see
-            :class:`nets.clickability.ClickabilityNet`.
+            :class:`litseg.nets.rclicks.ClickabilityNet`.
         lr, weight_decay, optimizer, scheduler, warmup_fraction, init_weights: base-class
             options; the defaults are RClicks' (Adam 0.01, no decay, 10% warm-up + cosine).
         eval_draws: bootstrap draws per full_stem for KS / PL1 / WD (100 upstream).
@@ -55,7 +55,7 @@ class ClickabilityModel(LitSegModule):
         eval_baselines: also score the UD and DT baselines in the test loop.
         ks_variant: the 2-D KS statistic behind KS: ``"rclicks"`` (default; ``ndtest.ks2d2s``
             as in RClicks' Table 3) or ``"textbook"`` (Fasano-Franceschini as in Numerical
-            Recipes); see :mod:`metrics.click_distribution`.
+            Recipes); see :mod:`litseg.metrics.click_distribution`.
     """
 
     def __init__(

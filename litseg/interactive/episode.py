@@ -5,7 +5,7 @@ user places one click from the current errors, the predictor answers with a prob
 map given *all* clicks so far, ``pred = probs > predictor.threshold`` and the IoU (ignore
 pixels excluded) is recorded. There is no early stop (RClicks' ``--iou-analysis``): every
 curve has ``max_clicks`` points. If the user stops because no un-clicked error pixel is
-left (see :mod:`clicking.clicker`), the remaining points repeat the last IoU with no
+left (see :mod:`litseg.interactive.clicker`), the remaining points repeat the last IoU with no
 click and no predictor call.
 
 Each image is encoded once (``predictor.set_image``); ``predictor.reset()`` starts each
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clicking.clicker import ClickStrategy, error_state
-from clicking.types import Click, InteractivePredictor
+from litseg.interactive.clicker import ClickStrategy, error_state
+from litseg.interactive.types import Click, InteractivePredictor
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Inputs are per-instance results of the baseline clicker (group 0) and of the ten
 clicking groups G1..G10 (groups 1..10; G1 samples the least likely, G10 the most likely
-tenth of the clickability mass), e.g. :meth:`metrics.noc.NoCMetric.per_instance`.
+tenth of the clickability mass), e.g. :meth:`litseg.metrics.noc.NoCMetric.per_instance`.
 Everything is computed per instance and then averaged (RClicks notebook, spec note 3.3):
 
 * **Sample NoC** = mean_i mean_g NoC_ig, **±** = mean_i std_g NoC_ig (population std);
@@ -16,7 +16,7 @@ indicator NoC_ig == max_clicks; its per-instance values are *summed* over instan
 the NoF columns are instance counts like NoF itself (Sample NoF = mean over groups of
 each group's NoF; ΔSB NoF = Sample NoF - baseline NoF). IoU-AUC values are averaged.
 **Sample NSR IoU-AUC** = 100 mean_i std_g / mean_g of IoU-AUC. NSR@1 of real clicks is
-:func:`clicking.user_clicks.nsr`.
+:func:`litseg.rclicks.user_clicks.nsr`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from clicking.user_clicks import nsr
-from metrics.noc import InstanceTable, threshold_label
+from litseg.metrics.noc import InstanceTable, threshold_label
+from litseg.rclicks.user_clicks import nsr
 
 BASE_GROUP = 0
 CLICKING_GROUPS = tuple(range(1, 11))

@@ -33,12 +33,21 @@ class EffUNet(nn.Module):
         encoder_name: an smp EfficientNet encoder name.
         encoder_weights: ``"imagenet"`` in real use; ``None`` offline / in tests.
         dropout: dropout before the classifier's linear layer.
+        encoder_bn_momentum: momentum of the encoder's BatchNorm running statistics (PyTorch
+            convention: the weight of the new batch). smp's EfficientNet encoders keep
+            TensorFlow's decay 0.99, i.e. momentum 0.01: after ``n`` steps the running
+            statistics have moved only ``1 - 0.99**n`` of the way from their initial values
+            (55 % after 80 steps), so a short run from scratch is evaluated with statistics that
+            do not describe its features (eval-mode predictions collapse to one class while
+            batch-statistics predictions are fine). 0.1 (PyTorch's default) tracks them within a
+            few dozen steps; ``None`` keeps the encoder's own value.
 
     Inputs must have height and width divisible by 32 (five stride-2 stages).
     """
 
     def __init__(self, num_classes: int, encoder_name: str = "efficientnet-b0",
-                 encoder_weights: str | None = None, dropout: float = 0.2) -> None:
+                 encoder_weights: str | None = None, dropout: float = 0.2,
+                 encoder_bn_momentum: float | None = 0.1) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + at least one class), got {num_classes}")
@@ -49,6 +58,12 @@ class EffUNet(nn.Module):
         for name in ("_conv_head", "_bn1"):
             if hasattr(self.unet.encoder, name):
                 getattr(self.unet.encoder, name).requires_grad_(False)
+        if encoder_bn_momentum is not None:
+            if not 0.0 < encoder_bn_momentum <= 1.0:
+                raise ValueError(f"encoder_bn_momentum must be in (0, 1], got {encoder_bn_momentum}")
+            for module in self.unet.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.momentum = encoder_bn_momentum
         deepest_channels = self.unet.encoder.out_channels[-1]
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(deepest_channels, num_classes - 1)

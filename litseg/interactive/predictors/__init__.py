@@ -3,28 +3,28 @@
 Built in (``build_predictor(name, **predictor_args)``):
 
 * ``sam``: Segment Anything, ``model_type`` vit_b / vit_l / vit_h + ``checkpoint``
-  (:class:`~clicking.predictors.sam.SamClickPredictor`), threshold 0.5;
+  (:class:`~litseg.interactive.predictors.sam.SamClickPredictor`), threshold 0.5;
 * ``sam2``: SAM 2 / 2.1, ``config`` + ``checkpoint`` (+ ``hydra_overrides``)
-  (:class:`~clicking.predictors.sam2.Sam2ClickPredictor`), threshold 0.5;
+  (:class:`~litseg.interactive.predictors.sam2.Sam2ClickPredictor`), threshold 0.5;
 * ``grabcut``: weights-free OpenCV GrabCut on click seeds
-  (:class:`~clicking.predictors.classical.GrabCutPredictor`), threshold 0.5.
+  (:class:`~litseg.interactive.predictors.classical.GrabCutPredictor`), threshold 0.5.
 
 All take ``device`` where a network is involved; the SAM family encodes each image once.
 
 Benchmarking your own model
 ---------------------------
-Any object with these members works (``clicking.types.InteractivePredictor``)::
+Any object with these members works (``litseg.interactive.types.InteractivePredictor``)::
 
     threshold: float                  # mask = probs > threshold
     set_image(image) -> None          # H x W x 3 uint8 RGB, once per image: encode here
     reset() -> None                   # once per object instance: forget clicks / previous mask
-    predict(clicks) -> np.ndarray     # all clicks so far (clicking.types.Click: y, x,
+    predict(clicks) -> np.ndarray     # all clicks so far (litseg.interactive.types.Click: y, x,
                                       # is_positive, index), returns H x W float32 in [0, 1]
 
 Subclassing :class:`ClickPredictor` adds input/output checks (implement ``_encode``,
 ``_reset_prompts``, ``_predict``). Then either register it::
 
-    from clicking.predictors import register_predictor
+    from litseg.interactive.predictors import register_predictor
     register_predictor("mine", MyPredictor)          # build_predictor("mine", **args)
 
 or name it by import string in a config, with no registration needed::
@@ -33,7 +33,7 @@ or name it by import string in a config, with no registration needed::
     predictor_args: {checkpoint: /path/weights.pt, device: cuda}
 """
 
-from clicking.predictors.base import (
+from litseg.interactive.predictors.base import (
     ClickPredictor,
     available_predictors,
     build_predictor,

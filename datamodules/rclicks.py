@@ -3,7 +3,7 @@
 A sample is one *full_stem* of RClicks' ``clicks.csv`` (image x instance x click type
 first / fn / fp; spec notes 1.5, 1.7, 5.2): the network input is the letterboxed image
 plus ``[target_mask, error_mask]``, the target the ground-truth click map of all clicks
-of that full_stem (:func:`clicking.click_maps.gt_click_map` with the configured
+of that full_stem (:func:`litseg.rclicks.maps.gt_click_map` with the configured
 ``sigma``). fn / fp samples read the previous mask the users saw from
 ``<previous_masks>/<full_stem>.png`` (RClicks' ``SUBSEC_MASKS`` layout, channel 0 > 127).
 
@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clicking.click_maps import DEFAULT_SIZE, ClickMapCache, Letterbox, error_mask, gt_click_map
-from clicking.user_clicks import UserClick, read_user_clicks
 from datamodules.base import STAGE_SPLITS, LitSegDataModule
-from datamodules.interactive import (
+from litseg.io import DataError, FileCheck, check_key, raise_problems, read_mask, read_text
+from litseg.rclicks.maps import DEFAULT_SIZE, ClickMapCache, Letterbox, error_mask, gt_click_map
+from litseg.rclicks.user_clicks import UserClick, read_user_clicks
+from litseg.readers.ritm import (
     DATASETS,
     DatasetName,
     ImageRecord,
@@ -44,7 +45,6 @@ from datamodules.interactive import (
     scan_dataset,
     summaries,
 )
-from litseg.io import DataError, FileCheck, check_key, raise_problems, read_mask, read_text
 from litseg.seeding import item_rng
 
 
@@ -290,7 +290,7 @@ class ClickMapDataModule(LitSegDataModule):
 
     Args:
         root: folder with one benchmark-layout folder per dataset (``<root>/TETRIS/...``).
-        clicks: RClicks ``clicks.csv`` (real, or synthetic from ``clicking.synthetic_clicks``).
+        clicks: RClicks ``clicks.csv`` (real, or synthetic from ``litseg.rclicks.synthetic_clicks``).
         dataset: the training dataset (train / val full_stems come from it).
         previous_masks: folder of ``<full_stem>.png`` previous masks of the fn / fp rows.
         train_list, val_list: image-stem lists of the split (``TETRIS_train.txt`` / ``_val.txt``).

@@ -1,7 +1,7 @@
 """Predictor registry and the shared click handling of the interactive predictors.
 
 The benchmark loop (``lit_modules/interactive.py``) only sees the
-:class:`clicking.types.InteractivePredictor` protocol; :func:`build_predictor` turns a
+:class:`litseg.interactive.types.InteractivePredictor` protocol; :func:`build_predictor` turns a
 config entry (``predictor: sam`` + ``predictor_args: {...}``) into such an object.
 Built-in names map to import strings, so naming a predictor imports only its own
 dependencies (``sam2`` claims the global Hydra instance on import, see ecosystem.md §6).
@@ -16,15 +16,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clicking.types import Click, InteractivePredictor
+from litseg.interactive.types import Click, InteractivePredictor
 
 PredictorFactory = Callable[..., InteractivePredictor]
 
 # name -> factory, or "module:attribute" resolved on first use.
 _REGISTRY: dict[str, PredictorFactory | str] = {
-    "sam": "clicking.predictors.sam:SamClickPredictor",
-    "sam2": "clicking.predictors.sam2:Sam2ClickPredictor",
-    "grabcut": "clicking.predictors.classical:GrabCutPredictor",
+    "sam": "litseg.interactive.predictors.sam:SamClickPredictor",
+    "sam2": "litseg.interactive.predictors.sam2:Sam2ClickPredictor",
+    "grabcut": "litseg.interactive.predictors.classical:GrabCutPredictor",
 }
 
 

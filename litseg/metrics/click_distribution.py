@@ -24,7 +24,7 @@ For one full_stem with N real clicks and a predicted map P (image resolution):
 * **NSS** (higher): mean z-score of P at the real click pixels.
 * **PDE** (higher): mean of P / sum(P) at the real click pixels.
 
-Baselines (defined in :mod:`clicking.click_maps`): UD (error mask / max) and DT (L2
+Baselines (defined in :mod:`litseg.rclicks.maps`): UD (error mask / max) and DT (L2
 distance transform of the error mask / max).
 Dataset values are means over full_stems; :func:`click_distribution_table` writes them as
 a Table-3-like CSV / Markdown table.
@@ -44,8 +44,8 @@ from scipy.spatial.distance import cdist
 from scipy.special import kolmogorov
 from scipy.stats import wasserstein_distance_nd
 
-from clicking.click_maps import distance_transform_baseline, uniform_baseline
 from litseg.io import write_table
+from litseg.rclicks.maps import distance_transform_baseline, uniform_baseline
 
 __all__ = [
     "KS_VARIANTS", "KSVariant", "aggregate_scores", "click_distribution_scores", "click_distribution_table",

@@ -218,7 +218,7 @@ NET_ARGUMENTS = ("backbone", "fusion", "decoder_channels", "dropout")
 def load_clickability_net(path: str | os.PathLike[str], key: str = "state_dict",
                           prefix: str = "net.") -> ClickabilityNet:
     """Rebuild a trained :class:`ClickabilityNet` from a Lightning checkpoint of
-    ``lit_modules.clickability.ClickabilityModel`` (architecture from its saved
+    ``lit_modules.rclicks.ClickabilityModel`` (architecture from its saved
     hyper-parameters, weights under ``net.``), in eval mode on the CPU."""
     ckpt = load_checkpoint(path)
     hparams = ckpt.get("hyper_parameters")

@@ -5,7 +5,7 @@ far as point prompts (click order, label 1/0, (x, y) in image pixels),
 ``multimask_output=False``, the previous low-resolution logits fed back as ``mask_input``;
 the output is ``sigmoid`` of the upsampled logits, ``threshold = 0.5``.
 
-As for SAM (``clicking/predictors/sam.py``) the image is encoded once per image, not at every
+As for SAM (``litseg/interactive/predictors/sam.py``) the image is encoded once per image, not at every
 click as upstream (``encode_every_click=True`` reproduces that), and the previous mask is
 dropped only on the first click unless ``mask_reset="upstream_two_slots"``.
 
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from clicking.predictors.base import ClickPredictor, MaskReset, clicks_to_points, drops_previous_mask
-from clicking.types import Click
 from litseg.checkpoint import load_weights
+from litseg.interactive.predictors.base import ClickPredictor, MaskReset, clicks_to_points, drops_previous_mask
+from litseg.interactive.types import Click
 from litseg.io import DataError
 
 
@@ -58,7 +58,7 @@ def build_sam2_model(
 
 
 class Sam2ClickPredictor(ClickPredictor):
-    """SAM2 / SAM2.1 as an :class:`~clicking.types.InteractivePredictor`.
+    """SAM2 / SAM2.1 as an :class:`~litseg.interactive.types.InteractivePredictor`.
 
     Args:
         config: a ``sam2`` package config, e.g. ``configs/sam2.1/sam2.1_hiera_t.yaml``.

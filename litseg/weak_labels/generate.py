@@ -23,7 +23,7 @@ Simulates cheap annotations from the dense trimaps (1 = pet, 2 = background,
   skeleton piece is found (two Dijkstra passes: exact for tree-shaped skeletons), its
   central ``scribble_length_fraction`` of arc length is kept, and it is simplified to
   vertices joined by straight segments whose rasterisation is checked to stay inside the
-  eroded region (with the renderer's own :func:`weak_labels.render.polyline_pixels`), so a
+  eroded region (with the renderer's own :func:`litseg.weak_labels.render.polyline_pixels`), so a
   scribble drawn a few pixels wide still stays inside its region.
 * **box**: per object, its tight box ``[x0, y0, x1, y1]`` in inclusive pixel coordinates.
 * **tags** are implied: an image's objects (always >= 1) are its pet; labels are
@@ -31,7 +31,7 @@ Simulates cheap annotations from the dense trimaps (1 = pet, 2 = background,
   chosen label set, so one file serves binary / species / breed.
 
 All coordinates are integer pixel indices ``[x, y]`` (column, row). The file format is
-described in :mod:`weak_labels.format`.
+described in :mod:`litseg.weak_labels.format`.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ from skimage.morphology import skeletonize
 from litseg.geometry import padded_distance_transform
 from litseg.io import DataError, index_by_stem, list_images, read_mask, read_text, write_json
 from litseg.seeding import item_rng
-from weak_labels.format import FORMAT_NAME, FORMAT_VERSION
-from weak_labels.render import polyline_pixels
+from litseg.weak_labels.format import FORMAT_NAME, FORMAT_VERSION
+from litseg.weak_labels.render import polyline_pixels
 
 PET, BACKGROUND, BORDER = 1, 2, 3
 TRIMAP_VALUES = (PET, BACKGROUND, BORDER)
@@ -238,7 +238,7 @@ def read_trimap(path: Path) -> np.ndarray:
 
 def weak_labels_for_trimap(trimap: np.ndarray, stem: str, config: GeneratorConfig,
                            trimap_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON entry of one image (see :mod:`weak_labels.format`)."""
+    """The JSON entry of one image (see :mod:`litseg.weak_labels.format`)."""
     objects = connected_regions(trimap == PET, config.min_object_fraction)
     if not objects:
         raise DataError(trimap_path, "empty mask: no pet pixel (value 1) in the trimap")

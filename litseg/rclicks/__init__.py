@@ -1,0 +1,1 @@
+"""RClicks: click maps and baselines, real / synthetic clicks.csv, clickability band sampler (clicking groups)."""
