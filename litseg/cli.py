@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import inspect
 import io
+import json
 import os
 import re
 import sys
@@ -121,6 +122,8 @@ class LitSegCLI(LightningCLI):
                                   locate_key(self._argv, "torch_threads"))
             torch.set_num_threads(threads)
         _redact_logger_configs(self._section().get("trainer"))
+        # W&B records the command line in its run metadata: a key passed there must not reach it either.
+        sys.argv[1:] = redact_argv(sys.argv[1:])
 
     def before_fit(self) -> None:
         ckpt_path = self._section().get("ckpt_path")
@@ -243,6 +246,35 @@ def _redact_logger_configs(trainer_cfg: Any) -> None:
             init_args = logger["init_args"]
             if init_args.get("config") is not None:
                 init_args["config"] = redact(_plain(init_args["config"]))
+
+
+_SECRET_FLAG = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """The command line without credentials: secret-named flags are dropped with their value, and
+    secret-named keys inside YAML / JSON mapping values are removed (the rest of the value is kept)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("--") and _SECRET_FLAG.search(flag):
+            skip = "=" not in arg
+            continue
+        value = arg.split("=", 1)[1] if flag.startswith("--") and "=" in arg else arg
+        if _SECRET_FLAG.search(value) and value.lstrip().startswith("{"):
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                parsed = None
+            if isinstance(parsed, dict):
+                cleaned = json.dumps(redact(parsed))
+                arg = f"{flag}={cleaned}" if value is not arg else cleaned
+        out.append(arg)
+    return out
 
 
 # ---------------------------------------------------------------------------------- error reporting

@@ -192,3 +192,12 @@ def test_wandb_key_in_the_logger_config_reaches_neither_config_yaml_nor_the_wand
     records = b"".join(p.read_bytes() for p in files if p.suffix in (".wandb", ".yaml", ".json"))
     assert b"kept" in records  # the harmless key made it, so the check below is looking in the right place
     assert b"SECRET-1234" not in b"".join(p.read_bytes() for p in files)
+
+
+def test_redact_argv_drops_secret_flags_and_secret_keys_inside_mapping_values():
+    from litseg.cli import redact_argv
+
+    argv = ["fit", "--trainer.logger.init_args.config", '{"wandb_api_key": "S1", "note": "kept"}',
+            "--trainer.logger.init_args.api_key", "S2", "--x.token=S3", '--y={"password": "S4", "a": 2}', "plain"]
+    assert redact_argv(argv) == ["fit", "--trainer.logger.init_args.config", '{"note": "kept"}',
+                                 '--y={"a": 2}', "plain"]
