@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from litseg.io import list_images, read_image, read_mask  # noqa: E402
-from litseg.metrics.saliency import kl_loss  # noqa: E402
+from litseg.losses import kl_loss  # noqa: E402
 from litseg.nets.rclicks import ClickabilityNet  # noqa: E402
 from litseg.rclicks.band_sampler import group_band, sample_click_location  # noqa: E402
 from litseg.rclicks.maps import distance_transform_baseline, predict_clickability, uniform_baseline  # noqa: E402

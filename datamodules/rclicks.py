@@ -32,8 +32,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import STAGE_SPLITS, LitSegDataModule
-from litseg.io import DataError, FileCheck, check_key, raise_problems, read_mask, read_text
-from litseg.rclicks.maps import DEFAULT_SIZE, ClickMapCache, Letterbox, error_mask, gt_click_map
+from litseg.io import DataError, FileCheck, check_key, raise_problems, read_mask, read_stem_list
+from litseg.letterbox import Letterbox
+from litseg.rclicks.maps import DEFAULT_SIZE, ClickMapCache, error_mask, gt_click_map
 from litseg.rclicks.user_clicks import UserClick, read_user_clicks
 from litseg.readers.ritm import (
     DATASETS,
@@ -69,21 +70,6 @@ class ClickTask:
     def source(self) -> str:
         """``<clicks file name> line N`` of the first row, for error messages on other files."""
         return f"{self.clicks[0].path.name} line {self.clicks[0].line}"
-
-
-def read_stem_list(path: str | Path) -> list[str]:
-    """Image stems of a split file, one per line (blank lines and ``#`` comments skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "split list not found")
-    stems = []
-    for line in read_text(path).splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            stems.append(line)
-    if len(set(stems)) != len(stems):
-        raise DataError(path, "an image stem is listed twice")
-    return stems
 
 
 def find_tasks(clicks: Sequence[UserClick], clicks_path: Path, root: Path, dataset: str,

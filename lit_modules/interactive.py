@@ -33,13 +33,13 @@ from litseg.interactive.predictors import build_predictor
 from litseg.interactive.types import InteractivePredictor
 from litseg.io import DataError, raise_problems, write_table
 from litseg.metrics.noc import NoCMetric, instance_id, threshold_label
+from litseg.metrics.robustness import nsr
 from litseg.plots import line_plot
 from litseg.rclicks.user_clicks import (
     UserClick,
     describe_unmatched,
     instance_key,
     match_first_clicks,
-    nsr,
     read_user_clicks,
 )
 from litseg.readers.ritm import DATASETS
@@ -77,6 +77,8 @@ class InteractiveBenchmark(LitSegModule):
         allow_unmatched_clicks: the evaluated data is meant to be a subset of what clicks.csv
             covers: unmatched rows are skipped with a warning (count and line numbers) instead.
     """
+
+    trainable = False  # test only: no optimiser arguments, configure_optimizers refuses
 
     def __init__(
         self,
@@ -178,11 +180,9 @@ class InteractiveBenchmark(LitSegModule):
                            "in this run (datasets / max_images) skipped")
         return match.by_instance
 
-    # Defined only so that Lightning's loop checks pass and setup() can refuse "fit" clearly.
+    # Defined only so that Lightning's loop checks pass and setup() can refuse "fit" clearly; the base
+    # refuses configure_optimizers (trainable = False).
     def training_step(self, *args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("InteractiveBenchmark cannot be trained; run trainer.test / evaluate.py")
-
-    def configure_optimizers(self) -> None:
         raise RuntimeError("InteractiveBenchmark cannot be trained; run trainer.test / evaluate.py")
 
     # ------------------------------------------------------------------ test loop

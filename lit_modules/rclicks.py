@@ -20,12 +20,15 @@ timm schedule stops at cosine position 0.9 (lr about 2.4e-4).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from lit_modules.base import LitSegModule
+from litseg.losses import kl_loss
 from litseg.metrics.click_distribution import (
     BOOTSTRAP_DRAWS,
     KS_VARIANTS,
@@ -34,12 +37,15 @@ from litseg.metrics.click_distribution import (
     click_distribution_scores,
     click_distribution_table,
 )
-from litseg.metrics.saliency import SaliencyCC, SaliencyKLD, SaliencySIM, kl_loss
+from litseg.metrics.saliency import SaliencyCC, SaliencyKLD, SaliencySIM
 from litseg.nets.rclicks import ClickabilityNet, minmax_normalize
 from litseg.rclicks.maps import distance_transform_baseline, uniform_baseline
+from litseg.schedules import WarmupCosine
 from litseg.seeding import item_rng
 
 MODEL_NAME = "Ours"
+# RClicks' schedule: 10% linear warm-up, then per-step cosine to 0.
+RCLICKS_SCHEDULE = functools.partial(WarmupCosine, warmup_fraction=0.1)
 
 
 class ClickabilityModel(LitSegModule):
@@ -48,8 +54,8 @@ class ClickabilityModel(LitSegModule):
     Args:
         backbone, pretrained, fusion, decoder_channels, backbone_weights, dropout: see
             :class:`litseg.nets.rclicks.ClickabilityNet`.
-        lr, weight_decay, optimizer, scheduler, warmup_fraction, init_weights: base-class
-            options; the defaults are RClicks' (Adam 0.01, no decay, 10% warm-up + cosine).
+        lr, optimizer, lr_scheduler, kwargs: :class:`lit_modules.base.LitSegModule` options; the
+            defaults are RClicks' (Adam 0.01, no decay, 10% warm-up + per-step cosine to 0).
         eval_draws: bootstrap draws per full_stem for KS / PL1 / WD (100 upstream).
         eval_seed: seed of the per-full_stem bootstrap generator.
         eval_baselines: also score the UD and DT baselines in the test loop.
@@ -66,19 +72,16 @@ class ClickabilityModel(LitSegModule):
         decoder_channels: int = 128,
         backbone_weights: str | None = None,
         dropout: float = 0.1,
-        lr: float = 0.01,
-        weight_decay: float = 0.0,
-        optimizer: Literal["adamw", "adam", "sgd"] = "adam",
-        scheduler: Literal["none", "cosine", "warmup_cosine"] = "warmup_cosine",
-        warmup_fraction: float = 0.1,
-        init_weights: str | None = None,
         eval_draws: int = BOOTSTRAP_DRAWS,
         eval_seed: int = 42,
         eval_baselines: bool = True,
         ks_variant: KSVariant = "rclicks",
+        lr: float = 0.01,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = RCLICKS_SCHEDULE,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
-                         warmup_fraction=warmup_fraction, init_weights=init_weights)
+        super().__init__(lr=lr, optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
         self.save_hyperparameters()
         if eval_draws < 1:
             raise ValueError(f"eval_draws must be >= 1, got {eval_draws}")
@@ -93,7 +96,6 @@ class ClickabilityModel(LitSegModule):
         self.ks_variant = ks_variant
         self.val_kld, self.val_cc, self.val_sim = SaliencyKLD(), SaliencyCC(), SaliencySIM()
         self.test_rows: list[dict[str, Any]] = []
-        self.load_init_weights()
 
     def forward(self, image: torch.Tensor, click_maps: torch.Tensor) -> torch.Tensor:
         return self.net(image, click_maps)
@@ -157,11 +159,14 @@ class ClickabilityModel(LitSegModule):
     def write_evaluation(self, output_dir: Path) -> list[dict[str, Any]]:
         """``results.csv`` / ``.md`` (Table 3: KS / PL1 / WD / NSS / PDE per model and dataset) and
         ``results_per_stem.csv`` (one row per model and full_stem); the KS column is named after
-        ``ks_variant`` (e.g. ``KS (ndtest ks2d2s)``)."""
+        ``ks_variant`` (e.g. ``KS (ndtest ks2d2s)``); with a W&B logger the table is logged as
+        ``rclicks/summary``."""
         if not self.evaluation_rows:
             raise RuntimeError("ClickabilityModel: no evaluation results; run the test loop first")
         if self._trainer is not None and not self.trainer.is_global_zero:
             return self.evaluation_rows
-        return click_distribution_table(self.test_rows, Path(output_dir), name="results",
-                                        ks_variant=self.ks_variant)
+        table = click_distribution_table(self.test_rows, Path(output_dir), name="results",
+                                         ks_variant=self.ks_variant)
+        self.log_report("rclicks", table)
+        return table
 

@@ -25,32 +25,12 @@ import torch.nn.functional as F
 
 from lit_modules.base import LitSegModule
 from litseg.imaging import IGNORE_INDEX
+from litseg.losses import partial_cross_entropy
 from litseg.metrics.segmentation import flatten_results, segmentation_metrics
 from litseg.nets.weak_unet import EffUNet
 
 SupervisionKind = Literal["tags", "points", "scribbles", "boxes", "full"]
 SUPERVISION_KINDS: tuple[str, ...] = ("tags", "points", "scribbles", "boxes", "full")
-
-
-def partial_cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_balanced: bool = False) -> torch.Tensor:
-    """Cross-entropy over labelled pixels only; zero (with a gradient path) when none are labelled.
-
-    ``class_balanced``: the mean over the classes present in the batch of each class's mean
-    pixel CE, i.e. pixel weights ``1 / (n_classes_present * n_c)``, so every labelled class
-    contributes equally whatever its pixel count (inverse-frequency class balancing, as the
-    median-frequency weights of Eigen & Fergus, ICCV 2015, used by SegNet, but from the batch's
-    own labelled pixels). Without it, the plain pixel mean.
-    """
-    labelled = target != IGNORE_INDEX
-    if not labelled.any():
-        return logits.sum() * 0.0
-    if not class_balanced:
-        return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
-    per_pixel = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")[labelled]
-    classes, inverse = target[labelled].unique(return_inverse=True)
-    class_sums = per_pixel.new_zeros(len(classes)).index_add_(0, inverse, per_pixel)
-    class_counts = torch.bincount(inverse, minlength=len(classes)).to(per_pixel.dtype)
-    return (class_sums / class_counts).mean()
 
 
 def cam_pseudo_labels(cam: torch.Tensor, tags: torch.Tensor, fg_threshold: float, bg_threshold: float) -> torch.Tensor:
@@ -83,6 +63,8 @@ class WeakLabelUNet(LitSegModule):
         cam_loss_weight: weight of the decoder's CAM pseudo-mask loss inside the tags loss.
         class_balanced: kinds whose partial cross-entropy is class-balanced (every labelled class
             weighs the same, see :func:`partial_cross_entropy`), e.g. ``[points]``.
+        weight_decay, kwargs: :class:`lit_modules.base.LitSegModule` options (``lr``, ``optimizer``,
+            ``lr_scheduler``, ``scheduler_interval``, ``init_weights``); weight decay 1e-4 by default.
     """
 
     def __init__(
@@ -97,15 +79,10 @@ class WeakLabelUNet(LitSegModule):
         cam_bg_threshold: float = 0.2,
         cam_loss_weight: float = 1.0,
         class_balanced: list[SupervisionKind] | None = None,
-        lr: float = 1e-4,
         weight_decay: float = 1e-4,
-        optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
-        scheduler: Literal["none", "cosine", "warmup_cosine"] = "none",
-        warmup_fraction: float = 0.1,
-        init_weights: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
-                         warmup_fraction=warmup_fraction, init_weights=init_weights)
+        super().__init__(weight_decay=weight_decay, **kwargs)
         supervision = list(supervision or ["full"])
         unknown = [k for k in supervision if k not in SUPERVISION_KINDS]
         if unknown:
@@ -137,7 +114,6 @@ class WeakLabelUNet(LitSegModule):
             self.net.classifier.requires_grad_(False)  # unused by the loss: DDP needs every trained param used
         self.val_metrics = segmentation_metrics(num_classes, prefix="val/")
         self.test_metrics = segmentation_metrics(num_classes, prefix="test/")
-        self.load_init_weights()
 
     @property
     def run_name(self) -> str:

@@ -59,6 +59,8 @@ class LitSegCLI(LightningCLI):
         model_base, data_base = _register_methods()
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # No top-level optimizer: / lr_scheduler: keys: they would silently replace a module's own optimiser.
+        kwargs.setdefault("auto_configure_optimizers", False)
         self.checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, loaded and checked
         self._argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, Mapping) else []
         super().__init__(

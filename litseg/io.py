@@ -226,6 +226,32 @@ def read_text(path: str | os.PathLike[str]) -> str:
                               f"(byte offset {offset}); save the file as UTF-8") from None
 
 
+def read_stem_list(path: str | os.PathLike[str], what: str = "stem list", first_column: bool = False) -> list[str]:
+    """The one list-file reader: one stem per line, in file order.
+
+    Blank lines and ``#`` comments are skipped; ``first_column`` keeps only the first
+    whitespace-separated field of a line (Oxford-IIIT Pet's ``trainval.txt`` / ``test.txt``:
+    ``stem class species breed``). A missing file (``<what> not found``), bad bytes and a stem
+    listed twice raise a :class:`DataError` naming the file (and the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, f"{what} not found")
+    stems: list[str] = []
+    seen: set[str] = set()
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        stem = line.split("#", 1)[0].strip()
+        if not stem:
+            continue
+        if first_column:
+            stem = stem.split()[0]
+        if stem in seen:
+            raise DataError(path, f"line {number}: stem '{stem}' listed twice")
+        seen.add(stem)
+        stems.append(stem)
+    return stems
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Parse a JSON file; bad bytes or bad JSON raise a :class:`DataError` with the file and position."""
     path = Path(path)

@@ -8,6 +8,7 @@ and then writes into ``--output_dir``:
                                   of mIoU, per-class IoU, pixel accuracy, ..., the best epoch of every
                                   seed, annotation effort and split sizes
     per_seed.csv                  one row per (kind, seed): the test metrics of that run, its best epoch
+                                  (rewritten after every run)
     cost_effectiveness.png        relative annotation effort (x) vs mean test mIoU (y), one point per kind
     qualitative_grid.png          Input | Ground truth | one column per kind, fixed seeded test images
                                   (models of the first seed)
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             row, cli = run_kind(kind, args, weak_labels, out, seed)
             rows.append(row)
             kind_rows.append(row)
+            write_table(rows, out / "per_seed.csv")  # after every run: a crash keeps the finished ones
             label = kind if len(seeds) == 1 else f"{kind} (seed {seed})"
             print(f"[study] {label}: test mIoU {row['mIoU']:.4f} (effort {row['effort']}, "
                   f"best epoch {row['best_epoch']})", flush=True)
@@ -291,7 +293,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             print(f"[study] {kind}: test mIoU {mean:.4f} ± {std:.4f} over seeds {seeds}", flush=True)
 
     summary = aggregate_seeds(rows)
-    write_table(rows, out / "per_seed.csv")
     write_table(summary, out / "results.csv")
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(summary_markdown(summary))

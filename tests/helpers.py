@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,12 +46,10 @@ def copy_pet_subset(pet_root: Path, dest: Path, n: int | None = None) -> Path:
 
 
 def save_image(path: Path, array) -> Path:
-    """Write ``array`` (H x W or H x W x 3 uint8) with PIL, creating the folder."""
-    from PIL import Image
+    """Write ``array`` (H x W or H x W x 3 uint8) with PIL, creating the folder (``tests.fakes.save_image``)."""
+    from tests.fakes import save_image as save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
+    return save(path, array)
 
 
 def free_port() -> int:
@@ -66,3 +67,21 @@ def init_gloo(rank: int, world: int, port: int) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+class RecordingWandbLogger(WandbLogger):
+    """A WandbLogger whose run only records what is logged (no W&B process)."""
+
+    def __init__(self) -> None:
+        super().__init__(offline=True)
+        self.logged: list[dict[str, Any]] = []
+
+    @property
+    def experiment(self):  # noqa: D102
+        outer = self
+
+        class Run:
+            def log(self, data: dict[str, Any]) -> None:
+                outer.logged.append(data)
+
+        return Run()

@@ -178,6 +178,8 @@ def test_torch_threads_is_a_config_key_and_the_deterministic_preset_pins_it():
         with pytest.raises(ConfigError, match="torch_threads: must be a positive thread count, got 0"):
             LitSegCLI(run=False, args=["--config", str(REPO / "configs/weak_unet/points.yaml"), "--torch_threads", "0"])
     finally:
+        # The preset's Trainer(deterministic=True) switches torch to deterministic kernels process-wide.
+        torch.use_deterministic_algorithms(False)
         torch.set_num_threads(before)
 
 

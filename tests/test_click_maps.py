@@ -10,9 +10,9 @@ import torch
 
 from litseg.imaging import IMAGENET_MEAN, IMAGENET_STD
 from litseg.io import DataError
+from litseg.letterbox import Letterbox, unletterbox
 from litseg.rclicks.maps import (
     ClickMapCache,
-    Letterbox,
     click_gaussians,
     click_radius,
     error_mask,
@@ -20,7 +20,6 @@ from litseg.rclicks.maps import (
     gt_click_map,
     sigma_in_pixels,
     soft_error_prior,
-    unletterbox,
 )
 
 GT = np.array([[0, 1, 1], [0, 1, 1], [0, 0, 0]], dtype=np.uint8)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy.stats import wasserstein_distance_nd
 
+from litseg.losses import kl_loss
 from litseg.metrics.click_distribution import (
     aggregate_scores,
     click_distribution_scores,
@@ -34,7 +35,6 @@ from litseg.metrics.saliency import (
     SaliencySIM,
     correlation_coefficient,
     kl_divergence,
-    kl_loss,
     similarity,
 )
 

@@ -19,6 +19,7 @@ from litseg.nets.rclicks import ClickabilityNet, ScaleLayer, load_clickability_n
 from litseg.rclicks.maps import Letterbox, gt_click_map
 from litseg.rclicks.synthetic_clicks import CSV_NAME, PREVIOUS_MASKS, synthesize
 from litseg.rclicks.user_clicks import COLUMNS, read_user_clicks
+from tests.fakes import write_ritm
 
 
 def _inputs(batch: int = 2, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +116,7 @@ SIZE = 64
 def make_ellipse_dataset(root: Path, n: int = 16, size: int = SIZE, seed: int = 0) -> None:
     """GrabCut-layout images (noise + one bright ellipse) and 0/255 masks."""
     rng = np.random.default_rng(seed)
-    for sub in ("data_GT", "boundary_GT"):
-        (root / "GrabCut" / sub).mkdir(parents=True, exist_ok=True)
+    images, masks = {}, {}
     for i in range(n):
         img = (rng.random((size, size, 3)) * 80 + 40).astype(np.uint8)
         mask = np.zeros((size, size), np.uint8)
@@ -125,8 +125,8 @@ def make_ellipse_dataset(root: Path, n: int = 16, size: int = SIZE, seed: int = 
         cv2.ellipse(mask, (int(cx), int(cy)), (int(ax), int(ay)), float(rng.integers(0, 180)), 0, 360, 255, -1)
         colour = rng.integers(150, 255, 3)
         img[mask > 0] = (0.7 * colour + 0.3 * img[mask > 0]).astype(np.uint8)
-        write_png(root / "GrabCut" / "data_GT" / f"img{i:02d}.png", img)
-        write_png(root / "GrabCut" / "boundary_GT" / f"img{i:02d}.png", mask)
+        images[f"img{i:02d}"], masks[f"img{i:02d}"] = img, mask
+    write_ritm(root, "GrabCut", masks, images=images, image_ext=".png", mask_ext=".png")
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +345,7 @@ def test_demo_recipe_trains_and_keeps_the_best_val_sim_checkpoint(tmp_path):
         "--trainer.enable_model_summary", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
     ])
-    assert cli.model.hparams.optimizer == "adam" and cli.model.hparams.lr == 0.01
+    assert cli.model.hparams.optimizer["class_path"] == "torch.optim.Adam" and cli.model.hparams.lr == 0.01
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     checkpoint = cli.trainer.checkpoint_callback
     assert checkpoint.monitor == "val/SIM" and checkpoint.mode == "max"

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from litseg.io import DataError
 from litseg.readers.coco import CocoInstances, LabelMap, decode_segmentation, encode_mask, rle_string_counts
+from tests.fakes import uncompressed_rle, write_coco
 
 # pycocotools 2.0.x under numpy 2 warns on every decode (its own code, harmless)
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -31,20 +31,6 @@ COCO128_IMAGES = COCO128 / "train2017"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def uncompressed_rle(mask: np.ndarray) -> dict:
-    """COCO uncompressed RLE written out by hand: column-major runs, starting with background."""
-    flat = np.asarray(mask, dtype=bool).flatten(order="F")
-    counts, current, run = [], False, 0
-    for v in flat:
-        if v == current:
-            run += 1
-        else:
-            counts.append(run)
-            current, run = v, 1
-    counts.append(run)
-    return {"size": [mask.shape[0], mask.shape[1]], "counts": counts}
 
 
 def pycocotools_api(path: Path) -> COCO:
@@ -106,14 +92,7 @@ def small_coco() -> dict:
 
 
 def write_dataset(root: Path, data: dict) -> Path:
-    images = root / "images"
-    for img in data["images"]:
-        path = images / img["file_name"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((img["height"], img["width"], 3), 90, dtype=np.uint8)).save(path)
-    json_path = root / "instances.json"
-    json_path.write_text(json.dumps(data))
-    return json_path
+    return write_coco(root, data, image_dir="images", json_name="instances.json", fill=90)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import copy_pet_subset, save_image
+from helpers import copy_pet_subset
 from lightning.pytorch import LightningModule, Trainer
 from PIL import Image
 
@@ -24,6 +24,7 @@ from litseg.rclicks.synthetic_clicks import CSV_NAME, PREVIOUS_MASKS, synthesize
 from litseg.rclicks.user_clicks import COLUMNS
 from litseg.weak_labels.format import load_weak_labels
 from litseg.weak_labels.generate import GeneratorConfig, write_weak_labels
+from tests.fakes import save_image, write_clicks_csv, write_ritm
 
 PREDICTOR = "test_data_validation:SquarePredictor"  # import string for build_predictor
 
@@ -217,13 +218,12 @@ def test_no_cache_without_a_run_folder(pet_root, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- RITM layouts
 
 
+def noise_by_stem_length(stem: str, shape: tuple[int, int]) -> np.ndarray:
+    return np.random.default_rng(len(stem)).integers(0, 255, (*shape, 3), dtype=np.uint8)
+
+
 def ritm_root(tmp_path: Path, masks: dict[str, np.ndarray], dataset: str = "Berkeley") -> Path:
-    folders = {"Berkeley": ("images", "masks"), "GrabCut": ("data_GT", "boundary_GT")}[dataset]
-    for stem, mask in masks.items():
-        image = np.random.default_rng(len(stem)).integers(0, 255, (*mask.shape[:2], 3), dtype=np.uint8)
-        save_image(tmp_path / dataset / folders[0] / f"{stem}.jpg", image)
-        save_image(tmp_path / dataset / folders[1] / f"{stem}.png", mask)
-    return tmp_path
+    return write_ritm(tmp_path, dataset, masks, images=noise_by_stem_length, image_ext=".jpg", mask_ext=".png")
 
 
 def object_mask(h: int = 20, w: int = 20) -> np.ndarray:
@@ -286,11 +286,6 @@ class SquarePredictor:
         return probs
 
 
-def write_clicks(path: Path, rows: list[list[object]]) -> Path:
-    path.write_text("\n".join([",".join(COLUMNS)] + [",".join(map(str, r)) for r in rows]) + "\n")
-    return path
-
-
 USER_ROWS = [
     ["GrabCut", "a", "a", "", "first", "", "pc", 9, 9, 20, 20],  # line 2: fine
     ["GrabCut", "zzz", "zzz", "", "first", "", "pc", 9, 9, 20, 20],  # line 3: no such image
@@ -304,7 +299,7 @@ USER_ROWS = [
 
 def user_run(tmp_path: Path, rows: list[list[object]], **kw) -> InteractiveBenchmark:
     root = ritm_root(tmp_path / "data", {s: object_mask() for s in "abc"}, "GrabCut")
-    clicks = write_clicks(tmp_path / "clicks.csv", rows)
+    clicks = write_clicks_csv(tmp_path / "clicks.csv", rows)
     model = InteractiveBenchmark(predictor=PREDICTOR, strategy="user", user_clicks=str(clicks), **kw)
     trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                       default_root_dir=tmp_path)
@@ -342,7 +337,7 @@ def test_user_mode_reports_frame_and_matching_problems_together(tmp_path):
 
 def test_user_mode_rows_of_images_left_out_by_max_images_are_not_errors(tmp_path):
     root = ritm_root(tmp_path / "data", {s: object_mask() for s in "abc"}, "GrabCut")
-    clicks = write_clicks(tmp_path / "clicks.csv", [USER_ROWS[0], ["GrabCut", "c", "c", "", "first", "", "pc", 9, 9,
+    clicks = write_clicks_csv(tmp_path / "clicks.csv", [USER_ROWS[0], ["GrabCut", "c", "c", "", "first", "", "pc", 9, 9,
                                                                    20, 20]])
     model = InteractiveBenchmark(predictor=PREDICTOR, strategy="user", user_clicks=str(clicks))
     trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from datamodules.interactive import InteractiveDataModule
@@ -19,7 +18,8 @@ from litseg.interactive.clicker import BaselineClicker, ReplayClicks
 from litseg.interactive.episode import mask_iou, run_episode, run_image
 from litseg.interactive.types import Click
 from litseg.io import DataError
-from litseg.rclicks.user_clicks import COLUMNS
+from tests.fakes import write_clicks_csv, write_ritm
+from tests.helpers import RecordingWandbLogger
 
 REPO = Path(__file__).resolve().parents[1]
 ORACLE = "test_interactive_benchmark:SquareOracle"  # import string for build_predictor
@@ -149,19 +149,17 @@ def test_bad_predictor_output_and_out_of_image_clicks():
 # ----------------------------------------------------------------------------- the module
 
 
-def save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+def black(stem: str, shape: tuple[int, int]) -> np.ndarray:
+    return np.zeros((*shape, 3), np.uint8)
 
 
 def make_root(tmp_path: Path) -> Path:
     """GrabCut layout: a = GT_A, b = GT_B, c = a 7x7 object in 9x9; Berkeley layout: one GT_B image."""
     masks = {"a": GT_A, "b": GT_B, "c": square((9, 9), 1, 7, 1, 7)}
-    for stem, gt in masks.items():
-        save(tmp_path / "GrabCut" / "data_GT" / f"{stem}.png", np.zeros((*gt.shape, 3), np.uint8))
-        save(tmp_path / "GrabCut" / "boundary_GT" / f"{stem}.bmp", gt.astype(np.uint8) * 255)
-    save(tmp_path / "Berkeley" / "images" / "z.png", np.zeros((11, 11, 3), np.uint8))
-    save(tmp_path / "Berkeley" / "masks" / "z.png", GT_B.astype(np.uint8) * 255)
+    write_ritm(tmp_path, "GrabCut", {stem: gt.astype(np.uint8) * 255 for stem, gt in masks.items()},
+               images=black, image_ext=".png", mask_ext=".bmp")
+    write_ritm(tmp_path, "Berkeley", {"z": GT_B.astype(np.uint8) * 255}, images=black, image_ext=".png",
+               mask_ext=".png")
     return tmp_path
 
 
@@ -218,24 +216,6 @@ def test_module_summary_and_outputs(tmp_path):
     assert model.miou_curves["GrabCut"] == pytest.approx([(c + 1 + 1) / 3 for c in curve_a])
 
 
-class RecordingWandbLogger(WandbLogger):
-    """A WandbLogger whose run only records what is logged (no W&B process)."""
-
-    def __init__(self) -> None:
-        super().__init__(offline=True)
-        self.logged: list[dict[str, Any]] = []
-
-    @property
-    def experiment(self):  # noqa: D102
-        outer = self
-
-        class Run:
-            def log(self, data: dict[str, Any]) -> None:
-                outer.logged.append(data)
-
-        return Run()
-
-
 def test_write_evaluation_logs_plot_and_table_to_wandb(tmp_path):
     import wandb
 
@@ -263,8 +243,7 @@ def test_user_mode_episodes_and_nsr(tmp_path):
         ["GrabCut", "b_ritm_fn_pc_1", "b", "", "fn", "ritm", "pc", 0, 0, 11, 11],  # not a first click
         ["DAVIS", "a", "a", "", "first", "", "pc", 1, 1, 20, 20],  # another dataset: not used
     ]
-    clicks = tmp_path / "clicks.csv"
-    clicks.write_text("\n".join([",".join(COLUMNS)] + [",".join(map(str, r)) for r in rows]) + "\n")
+    clicks = write_clicks_csv(tmp_path / "clicks.csv", rows)
     model = InteractiveBenchmark(predictor=ORACLE, strategy="user", user_clicks=str(clicks))
     dm = InteractiveDataModule(root=str(root), datasets=["GrabCut"])
     make_trainer(tmp_path).test(model, datamodule=dm)
@@ -285,8 +264,7 @@ def test_sample_mode_draws_one_click_per_real_user_from_the_map(tmp_path):
         ["GrabCut", "a", "a", "", "first", "", "mobile", 5, 5, 20, 20],
         ["GrabCut", "b", "b", "", "first", "", "pc", 5, 5, 11, 11],
     ]
-    clicks = tmp_path / "clicks.csv"
-    clicks.write_text("\n".join([",".join(COLUMNS)] + [",".join(map(str, r)) for r in rows]) + "\n")
+    clicks = write_clicks_csv(tmp_path / "clicks.csv", rows)
 
     def run():
         model = InteractiveBenchmark(predictor=ORACLE, strategy="sample", user_clicks=str(clicks),
@@ -308,8 +286,8 @@ def test_sample_mode_draws_one_click_per_real_user_from_the_map(tmp_path):
 
 def test_user_mode_click_frame_mismatch_names_the_row(tmp_path):
     root = make_root(tmp_path / "data")
-    clicks = tmp_path / "clicks.csv"
-    clicks.write_text(",".join(COLUMNS) + "\nGrabCut,a,a,,first,,pc,1,1,40,10\n")  # a is 20x20
+    # a is 20x20
+    clicks = write_clicks_csv(tmp_path / "clicks.csv", [["GrabCut", "a", "a", "", "first", "", "pc", 1, 1, 40, 10]])
     model = InteractiveBenchmark(predictor=ORACLE, strategy="user", user_clicks=str(clicks))
     with pytest.raises(DataError, match=r"clicks\.csv: line 2: click frame 40x10 does not match the image size 20x20"):
         make_trainer(tmp_path).test(model, datamodule=InteractiveDataModule(root=str(root), datasets=["GrabCut"]))
@@ -361,8 +339,8 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     # A padding sampler would repeat one image on rank 1; rank 1 gets no Berkeley image, so
     # its Berkeley metric is empty (the all_gather must still line up).
     root = make_root(tmp_path / "data")
-    save(root / "GrabCut" / "data_GT" / "d.png", np.zeros((20, 20, 3), np.uint8))
-    save(root / "GrabCut" / "boundary_GT" / "d.bmp", square((20, 20), 2, 9, 4, 15).astype(np.uint8) * 255)
+    write_ritm(root, "GrabCut", {"d": square((20, 20), 2, 9, 4, 15).astype(np.uint8) * 255}, images=black,
+               image_ext=".png", mask_ext=".bmp")
     datasets = ["GrabCut", "Berkeley"]
     single = InteractiveBenchmark(predictor=ORACLE, max_clicks=5)
     make_trainer(tmp_path).test(single, datamodule=InteractiveDataModule(str(root), datasets))

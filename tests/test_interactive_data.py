@@ -15,28 +15,22 @@ from datamodules.interactive import InteractiveDataModule, single_sample
 from litseg.io import DataError
 from litseg.rclicks.user_clicks import COLUMNS, first_clicks_by_instance, instance_key, nsr, read_user_clicks
 from litseg.readers.ritm import decode_ids, limited_size, load_sample, scan_dataset
+from tests.fakes import save_image as save
+from tests.fakes import write_clicks_csv, write_ritm
 
 SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "sample_data"
-
-
-def save(path: Path, array: np.ndarray, palette: list[int] | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(array)
-    if palette is not None:
-        img.putpalette(palette)  # an "L" image becomes "P" with its values as indices
-    img.save(path)
-    return path
 
 
 def rgb(h: int, w: int) -> np.ndarray:
     return np.random.default_rng(h * 1000 + w).integers(0, 255, (h, w, 3), dtype=np.uint8)
 
 
+def rgb_of(stem: str, shape: tuple[int, int]) -> np.ndarray:
+    return rgb(*shape)
+
+
 def grabcut_root(tmp_path: Path, masks: dict[str, np.ndarray], image_ext: str = ".jpg") -> Path:
-    for stem, mask in masks.items():
-        save(tmp_path / "GrabCut" / "data_GT" / f"{stem}{image_ext}", rgb(*mask.shape))
-        save(tmp_path / "GrabCut" / "boundary_GT" / f"{stem}.bmp", mask)
-    return tmp_path
+    return write_ritm(tmp_path, "GrabCut", masks, images=rgb_of, image_ext=image_ext, mask_ext=".bmp")
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -67,8 +61,7 @@ def test_berkeley_rgb_png_masks_use_the_first_channel(tmp_path):
     mask = np.zeros((4, 6, 3), dtype=np.uint8)
     mask[1:3, 1:4] = 255
     mask[0, 0] = 128
-    save(tmp_path / "Berkeley" / "images" / "101085.jpg", rgb(4, 6))
-    save(tmp_path / "Berkeley" / "masks" / "101085.png", mask)
+    write_ritm(tmp_path, "Berkeley", {"101085": mask}, images=rgb_of, mask_ext=".png")
     sample = load_sample(scan_dataset(tmp_path, "Berkeley")[0])
     assert sample["instances"][0].sum() == 6 and sample["ignore"].sum() == 1 and sample["ignore"][0, 0]
 
@@ -76,8 +69,7 @@ def test_berkeley_rgb_png_masks_use_the_first_channel(tmp_path):
 def test_davis_palette_masks_count_every_nonzero_index(tmp_path):
     idx = np.array([[0, 1, 2, 3], [0, 0, 255, 0]], dtype=np.uint8)
     palette = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0, 0, 0] + [7, 7, 7] * 252  # index 3 is black
-    save(tmp_path / "DAVIS" / "img" / "000.jpg", rgb(2, 4))
-    save(tmp_path / "DAVIS" / "gt" / "000.png", idx, palette=palette)
+    write_ritm(tmp_path, "DAVIS", {"000": idx}, images=rgb_of, mask_ext=".png", palette=palette)
     assert Image.open(tmp_path / "DAVIS" / "gt" / "000.png").mode == "P"
     sample = load_sample(scan_dataset(tmp_path, "DAVIS")[0])
     assert sample["instance_ids"] == [1]
@@ -89,8 +81,7 @@ def test_coco_mval_rgb_masks_max_over_channels(tmp_path):
     mask = np.zeros((3, 3, 3), dtype=np.uint8)
     mask[0, 0, 2] = 1  # only blue: still object
     mask[2, 2] = (255, 255, 255)
-    save(tmp_path / "COCO_MVal" / "img" / "x.jpg", rgb(3, 3))
-    save(tmp_path / "COCO_MVal" / "gt" / "x.png", mask)
+    write_ritm(tmp_path, "COCO_MVal", {"x": mask}, images=rgb_of, mask_ext=".png")
     sample = load_sample(scan_dataset(tmp_path, "COCO_MVal")[0])
     assert np.argwhere(sample["instances"][0]).tolist() == [[0, 0], [2, 2]]
 
@@ -102,8 +93,7 @@ def test_tetris_rgb_instance_ids(tmp_path):
     ids[2, 1:4] = (0, 0, 1)  # B=1 -> id 65536
     ids[3, 4] = (2, 1, 0)  # G=1, R=2 -> id 258
     assert decode_ids(ids)[[0, 2, 3], [0, 1, 4]].tolist() == [1, 65536, 258]
-    save(tmp_path / "TETRIS" / "images" / "scene.jpg", rgb(4, 5))
-    save(tmp_path / "TETRIS" / "masks" / "scene.png", ids)
+    write_ritm(tmp_path, "TETRIS", {"scene": ids}, images=rgb_of, mask_ext=".png")
     sample = load_sample(scan_dataset(tmp_path, "TETRIS")[0])
     assert sample["instance_ids"] == [1, 258, 65536]
     assert [m.sum() for m in sample["instances"]] == [2, 1, 3]
@@ -122,8 +112,7 @@ def test_tetris_longest_side_is_limited_to_2048_per_id(tmp_path):
     lost_col = next(c for c in range(1800, 2100)
                     if not cv2.resize((np.arange(w) == c)[None].repeat(h, 0).astype(np.uint8), (2048, 29)).any())
     ids[:, lost_col, 0] = 3
-    save(tmp_path / "TETRIS" / "images" / "wide.png", rgb(h, w))
-    save(tmp_path / "TETRIS" / "masks" / "wide.png", ids)
+    write_ritm(tmp_path, "TETRIS", {"wide": ids}, images=rgb_of, image_ext=".png", mask_ext=".png")
     with pytest.warns(UserWarning, match=r"wide\.png: instance id\(s\) \[3\] vanish"):
         sample = load_sample(scan_dataset(tmp_path, "TETRIS")[0])
     assert sample["image"].shape == (29, 2048, 3)
@@ -231,12 +220,6 @@ def test_datamodule_uses_the_unpadded_sampler_under_ddp(tmp_path):
 # ----------------------------------------------------------------------------- clicks.csv
 
 
-def write_clicks(path: Path, rows: list[list[object]]) -> Path:
-    lines = [",".join(COLUMNS)] + [",".join(str(v) for v in row) for row in rows]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 GOOD_ROWS = [
     ["GrabCut", "teddy", "teddy", "", "first", "", "pc", 10, 20, 284, 398],
     ["GrabCut", "teddy", "teddy", "", "first", "", "mobile", 11, 21, 284, 398],
@@ -246,7 +229,7 @@ GOOD_ROWS = [
 
 
 def test_read_clicks_and_group_first_clicks(tmp_path):
-    clicks = read_user_clicks(write_clicks(tmp_path / "clicks.csv", GOOD_ROWS))
+    clicks = read_user_clicks(write_clicks_csv(tmp_path / "clicks.csv", GOOD_ROWS))
     assert len(clicks) == 4
     assert clicks[2].object_id == 258 and clicks[2].line == 4 and clicks[3].is_positive
     grouped = first_clicks_by_instance(clicks)
@@ -256,7 +239,7 @@ def test_read_clicks_and_group_first_clicks(tmp_path):
 
 
 def test_clicks_are_rescaled_to_the_loaded_image(tmp_path):
-    clicks = read_user_clicks(write_clicks(tmp_path / "clicks.csv", GOOD_ROWS))
+    clicks = read_user_clicks(write_clicks_csv(tmp_path / "clicks.csv", GOOD_ROWS))
     assert clicks[0].in_image(398, 284) == (20, 10)  # same frame: unchanged
     # 4000x3000 frame, image limited to 2048x1536: pixel centres scale by 0.512.
     assert clicks[2].in_image(1536, 2048) == (0, 2047)
@@ -279,14 +262,14 @@ def test_malformed_rows_name_file_and_line(tmp_path, column, value, message):
     rows = [list(r) for r in GOOD_ROWS]
     rows[1][COLUMNS.index(column)] = value
     with pytest.raises(DataError, match=r"clicks\.csv: " + message):
-        read_user_clicks(write_clicks(tmp_path / "clicks.csv", rows))
+        read_user_clicks(write_clicks_csv(tmp_path / "clicks.csv", rows))
 
 
 def test_fn_click_without_model_and_missing_columns(tmp_path):
     rows = [list(r) for r in GOOD_ROWS]
     rows[3][COLUMNS.index("model_type")] = ""
     with pytest.raises(DataError, match=r"line 5: a fn click needs the model_type"):
-        read_user_clicks(write_clicks(tmp_path / "clicks.csv", rows))
+        read_user_clicks(write_clicks_csv(tmp_path / "clicks.csv", rows))
     (tmp_path / "short.csv").write_text("dataset,x,y\nGrabCut,1,2\n")
     with pytest.raises(DataError, match=r"short\.csv: missing column"):
         read_user_clicks(tmp_path / "short.csv")
@@ -302,8 +285,7 @@ def test_nsr_hand_worked():
 def test_no_warning_when_nothing_vanishes(tmp_path):
     ids = np.zeros((10, 2100, 3), dtype=np.uint8)
     ids[:, :500, 0] = 1
-    save(tmp_path / "TETRIS" / "images" / "ok.png", rgb(10, 2100))
-    save(tmp_path / "TETRIS" / "masks" / "ok.png", ids)
+    write_ritm(tmp_path, "TETRIS", {"ok": ids}, images=rgb_of, image_ext=".png", mask_ext=".png")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_sample(scan_dataset(tmp_path, "TETRIS")[0])["instance_ids"] == [1]

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from litseg.distributed import gather_objects, gather_rows, world_size
 from litseg.metrics.noc import NoCMetric, instance_id, noc_per_instance, summarize_curves, threshold_label
 from tests.helpers import free_port, init_gloo
 
@@ -143,6 +144,8 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
             "main": {k: float(v) for k, v in main.compute().items()},
             "empty": {k: float(v) for k, v in empty.compute().items()},
             "ids": main.per_instance().instance_ids.tolist(),
+            "rows": gather_rows(f"r{rank}-{i}" for i in range(rank + 1)),  # rank 1 has more rows than rank 0
+            "world": world_size(),
         }
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
@@ -165,3 +168,10 @@ def test_two_process_gloo_equals_one_process(tmp_path):
         assert got["main"] == want  # exact: same de-duplicated, sorted rows
         assert got["empty"] == want_empty
         assert got["ids"] == list(range(9))
+        assert got["rows"] == ["r0-0", "r1-0", "r1-1"] and got["world"] == 2
+
+
+def test_gathering_without_a_process_group_is_local():
+    assert world_size() == 1
+    assert gather_objects({"a": 1}) == [{"a": 1}]
+    assert gather_rows(iter([3, 1, 2])) == [3, 1, 2]

@@ -21,7 +21,7 @@ from litseg.interactive.predictors import (
 from litseg.interactive.predictors import base as predictors_base
 from litseg.interactive.types import Click, InteractivePredictor
 from litseg.io import DataError
-from tests.tiny_models import tiny_sam, tiny_sam2
+from litseg.nets.sam import tiny_sam, tiny_sam2
 
 # sam2 scripts some helpers with the deprecated torch.jit.script (upstream, harmless)
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")

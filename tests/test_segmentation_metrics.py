@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from litseg.metrics.masks import IOU_EPS, mask_iou, np_mask_iou
 from litseg.metrics.segmentation import flatten_results, segmentation_metrics
 
 # 3 classes, one 3x4 image; 255 pixels are ignored.
@@ -57,3 +58,19 @@ def test_flatten_names_per_class_values():
     flat = flatten_results(m.compute(), ["bg", "cat", "dog"])
     assert flat["val/IoU/cat"] == pytest.approx(0.6)
     assert set(flat) >= {"val/mIoU", "val/IoU/bg", "val/IoU/dog", "val/pixel_acc", "val/mAcc"}
+
+
+def test_numpy_mask_iou_is_the_torch_one_with_ignore_pixels_left_out():
+    rng = np.random.default_rng(4)
+    gt, pred, ignore = (rng.random((3, 9, 7)) > 0.5 for _ in range(3))
+    for g, p, ig in zip(gt, pred, ignore, strict=True):
+        want = np.count_nonzero(g & p & ~ig) / np.count_nonzero((g | p) & ~ig)  # exact, no eps
+        assert np_mask_iou(g, p, ig) == want
+        assert np_mask_iou(g, p) == float(mask_iou(torch.from_numpy(g), torch.from_numpy(p), eps=0.0))
+        assert np_mask_iou(g, p, eps=IOU_EPS) == float(mask_iou(torch.from_numpy(g), torch.from_numpy(p)))
+    empty = np.zeros((4, 4), bool)
+    assert np_mask_iou(empty, empty) == 1.0
+    only_ignored = empty.copy()
+    only_ignored[0, 0] = True
+    assert np_mask_iou(only_ignored, empty, only_ignored) == 1.0  # nothing left outside the ignore region
+    assert np_mask_iou(only_ignored.astype(np.uint8) * 255, empty) == 0.0

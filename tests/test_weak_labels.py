@@ -25,6 +25,7 @@ from litseg.weak_labels import (
     write_weak_labels,
 )
 from litseg.weak_labels.__main__ import main as cli_main
+from tests.fakes import write_pet
 
 PET_ROOT = Path(__file__).parents[1] / "sample_data" / "oxford_pet_subset"
 EIGHT = np.ones((3, 3), bool)
@@ -55,10 +56,7 @@ def trimap_of(root: Path, stem: str) -> np.ndarray:
 
 def make_dataset(root: Path, trimaps: dict[str, np.ndarray]) -> Path:
     """A tiny Oxford-Pet-layout dataset; image content is irrelevant to the generator."""
-    for stem, trimap in trimaps.items():
-        write_png(root / "images" / f"{stem}.png", np.zeros((*trimap.shape, 3), np.uint8))
-        write_png(root / "annotations" / "trimaps" / f"{stem}.png", trimap.astype(np.uint8))
-    return root
+    return write_pet(root, trimaps, images=lambda stem, shape: np.zeros((*shape, 3), np.uint8), image_ext=".png")
 
 
 def single_entry(tmp_path: Path, trimap: np.ndarray, **config) -> dict:

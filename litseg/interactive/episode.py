@@ -22,6 +22,7 @@ import numpy as np
 
 from litseg.interactive.clicker import ClickStrategy, error_state
 from litseg.interactive.types import Click, InteractivePredictor
+from litseg.metrics.masks import np_mask_iou as mask_iou  # (gt, pred, ignore) -> float, exact (eps 0)
 
 
 @dataclass(frozen=True)
@@ -32,18 +33,6 @@ class ClickRecord:
     click: Click | None  # None: the user had stopped; the prediction is unchanged
     iou: float
     seconds: float  # wall time of predictor.predict for this click (0.0 without a click)
-
-
-def mask_iou(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray) -> float:
-    """IoU of two boolean masks with ``ignore`` pixels left out of both intersection and union.
-
-    Both masks empty (within the valid pixels) count as a perfect match, 1.0.
-    """
-    valid = ~ignore
-    union = np.count_nonzero((gt | pred) & valid)
-    if union == 0:
-        return 1.0
-    return float(np.count_nonzero(gt & pred & valid) / union)
 
 
 def run_episode(

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["IOU_EPS", "GIoUCIoU", "PooledClassIoU", "intersection_union", "mask_iou", "pairwise_mask_iou"]
+__all__ = ["IOU_EPS", "GIoUCIoU", "PooledClassIoU", "intersection_union", "mask_iou", "np_mask_iou",
+           "pairwise_mask_iou"]
 
 # ConverSeg eval.py divides by (union + 1e-10) (converseg.md §4.1, "Metrics"); kept for parity.
 # It moves an IoU by at most ~1e-10 relative and never decides anything.
@@ -71,6 +72,21 @@ def mask_iou(pred: Tensor, target: Tensor, *, eps: float = IOU_EPS) -> Tensor:
     """
     inter, union = intersection_union(pred, target)
     return _iou_from_counts(inter, union, eps)
+
+
+def np_mask_iou(pred: np.ndarray, target: np.ndarray, ignore: np.ndarray | None = None, *,
+                eps: float = 0.0) -> float:
+    """:func:`mask_iou` of one pair of ``H x W`` numpy masks, as a Python float.
+
+    ``ignore`` pixels (boolean ``H x W``) are left out of both intersection and union; both masks
+    empty on the remaining pixels count as a perfect match, 1.0. ``eps`` defaults to 0 (the
+    interactive benchmark's exact RITM IoU); pass :data:`IOU_EPS` for the ConverSeg convention.
+    """
+    pred_t, target_t = _binary(pred, "pred"), _binary(target, "target")
+    if ignore is not None:
+        valid = ~_as_tensor(ignore).bool()
+        pred_t, target_t = pred_t & valid, target_t & valid
+    return float(mask_iou(pred_t, target_t, eps=eps))
 
 
 def pairwise_mask_iou(masks_a: Tensor, masks_b: Tensor, *, eps: float = IOU_EPS) -> Tensor:

@@ -16,20 +16,31 @@ indicator NoC_ig == max_clicks; its per-instance values are *summed* over instan
 the NoF columns are instance counts like NoF itself (Sample NoF = mean over groups of
 each group's NoF; ΔSB NoF = Sample NoF - baseline NoF). IoU-AUC values are averaged.
 **Sample NSR IoU-AUC** = 100 mean_i std_g / mean_g of IoU-AUC. NSR@1 of real clicks is
-:func:`litseg.rclicks.user_clicks.nsr`.
+:func:`nsr`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from litseg.metrics.noc import InstanceTable, threshold_label
-from litseg.rclicks.user_clicks import nsr
 
 BASE_GROUP = 0
 CLICKING_GROUPS = tuple(range(1, 11))
+
+
+def nsr(ious_per_instance: Sequence[Sequence[float]]) -> float:
+    """Noise-to-signal ratio x100: mean over instances of ``std / (mean + 1e-9)``.
+
+    The std is the population std (``ddof=0``, NumPy's default, as the RClicks notebook).
+    """
+    if not ious_per_instance:
+        return float("nan")
+    ratios = [np.std(v) / (np.mean(v) + 1e-9) for v in (np.asarray(x, dtype=np.float64) for x in ious_per_instance)]
+    return float(100.0 * np.mean(ratios))
 
 
 def sample_mean_std(grouped: np.ndarray) -> tuple[float, float]:

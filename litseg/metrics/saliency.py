@@ -1,7 +1,8 @@
 """Saliency-style map metrics used to train and validate the RClicks clickability model.
 
 * KL divergence (the training loss, note 1.6): both maps normalised to sum 1 (eps 1e-9),
-  ``sum gt * log(eps + gt / (eps + pred))`` per sample.
+  ``sum gt * log(eps + gt / (eps + pred))`` per sample (its batch mean is
+  :func:`litseg.losses.kl_loss`).
 * CC: Pearson correlation of the two maps.
 * SIM: histogram intersection ``sum min(p, q)`` of the sum-normalised maps.
 
@@ -39,11 +40,6 @@ def kl_divergence(pred: torch.Tensor, target: torch.Tensor, eps: float = EPS) ->
     p = sum_normalize(_per_sample(pred), eps)
     q = sum_normalize(_per_sample(target), eps)
     return (q * torch.log(eps + q / (eps + p))).sum(dim=1)
-
-
-def kl_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """The training loss: :func:`kl_divergence` averaged over the batch."""
-    return kl_divergence(pred, target, eps).mean()
 
 
 def correlation_coefficient(pred: torch.Tensor, target: torch.Tensor, eps: float = EPS) -> torch.Tensor:

@@ -5,7 +5,8 @@ A training target for the clickability model is built from all real clicks of on
 relative to a Full-HD diagonal), normalised by its maximum, times the error region
 blurred by a small radius (spec note 1.5). Inputs are letterboxed to 416x416 after
 ImageNet normalisation, so the padding is 0 in normalised space (note 1.2), and
-:func:`unletterbox` maps a prediction back to the image frame exactly.
+:func:`unletterbox` maps a prediction back to the image frame exactly (both from the one
+letterbox, :mod:`litseg.letterbox`, re-exported here).
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from litseg.imaging import normalize
 from litseg.io import DataError, atomic_path
+from litseg.letterbox import Letterbox, unletterbox  # noqa: F401  (re-exported: the shared one, centred at 416)
 
 ClickType = Literal["first", "fn", "fp"]
 CLICK_TYPES: tuple[str, ...] = ("first", "fn", "fp")
@@ -112,72 +112,6 @@ def gt_click_map(clicks_xy: np.ndarray, error: np.ndarray, sigma: float) -> np.n
     """
     height, width = error.shape[:2]
     return (soft_error_prior(error) * click_gaussians(clicks_xy, height, width, sigma)).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------- letterbox
-
-
-class Letterbox(NamedTuple):
-    """Where an ``height x width`` image sits inside the ``size x size`` letterbox.
-
-    A NamedTuple (immutable, and passes through Lightning's batch transfer unchanged).
-    """
-
-    height: int
-    width: int
-    size: int
-    top: int
-    left: int
-    inner_height: int
-    inner_width: int
-
-    @classmethod
-    def fit(cls, height: int, width: int, size: int = DEFAULT_SIZE) -> Letterbox:
-        """Note 1.2's rule: the longer side becomes ``size`` (integer division), centred."""
-        if height < 1 or width < 1:
-            raise ValueError(f"cannot letterbox an empty {width}x{height} image")
-        if height / size > width / size:
-            inner_h, inner_w = size, max(1, width * size // height)
-        else:
-            inner_h, inner_w = max(1, height * size // width), size
-        return cls(height, width, size, (size - inner_h) // 2, (size - inner_w) // 2, inner_h, inner_w)
-
-    def _resize(self, array: np.ndarray) -> np.ndarray:
-        if array.shape[:2] != (self.height, self.width):
-            raise ValueError(f"array {array.shape[:2]} does not match the letterbox source {(self.height, self.width)}")
-        return cv2.resize(array, (self.inner_width, self.inner_height), interpolation=cv2.INTER_LINEAR)
-
-    def image(self, image_uint8: np.ndarray) -> torch.Tensor:
-        """RGB uint8 H x W x 3 -> 3 x size x size: resized (bilinear, uint8 as cv2 reads it), then
-        ImageNet-normalised, then zero-padded (0 = the ImageNet mean)."""
-        out = torch.zeros(3, self.size, self.size)
-        # Resizing before normalising costs a tenth on large images and differs by < 0.5 grey levels.
-        inner = normalize(self._resize(np.asarray(image_uint8, dtype=np.uint8)))
-        out[:, self.top:self.top + self.inner_height, self.left:self.left + self.inner_width] = inner
-        return out
-
-    def mask(self, array: np.ndarray) -> np.ndarray:
-        """H x W float map -> size x size (bilinear resize, zero padding), float32."""
-        out = np.zeros((self.size, self.size), dtype=np.float32)
-        out[self.top:self.top + self.inner_height, self.left:self.left + self.inner_width] = self._resize(
-            np.asarray(array, dtype=np.float32))
-        return out
-
-    def invert(self, letterboxed: np.ndarray | torch.Tensor) -> np.ndarray:
-        """size x size map -> H x W float32: crop the valid region, resize it back (bilinear)."""
-        t = torch.as_tensor(letterboxed, dtype=torch.float32)
-        if t.shape[-2:] != (self.size, self.size):
-            raise ValueError(f"expected a {self.size}x{self.size} map, got {tuple(t.shape)}")
-        crop = t.reshape(1, 1, self.size, self.size)[
-            ..., self.top:self.top + self.inner_height, self.left:self.left + self.inner_width]
-        # antialias=True matches torchvision's Resize (used upstream) when shrinking; no effect when enlarging.
-        out = F.interpolate(crop, size=(self.height, self.width), mode="bilinear", align_corners=False, antialias=True)
-        return out[0, 0].numpy()
-
-
-def unletterbox(letterboxed: np.ndarray | torch.Tensor, box: Letterbox) -> np.ndarray:
-    """Exact inverse of the letterbox geometry: the model's map in the image frame (H x W)."""
-    return box.invert(letterboxed)
 
 
 # ----------------------------------------------------------------------------- clickability maps

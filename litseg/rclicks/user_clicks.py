@@ -16,7 +16,8 @@ has one row per click (spec note 5.2):
 
 User mode: every real *first* click on an instance is its own 1-click episode (fresh
 predictor state, one positive click); we report IoU@1 per click and NSR@1 = per instance
-``std / (mean + 1e-9)`` of IoU@1 (population std), averaged over instances, x100.
+``std / (mean + 1e-9)`` of IoU@1 (population std), averaged over instances, x100
+(:func:`litseg.metrics.robustness.nsr`, re-exported here).
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from litseg.io import DataError, read_csv_rows
+from litseg.metrics.robustness import nsr  # noqa: F401  (re-exported)
 
 COLUMNS = (
     "dataset", "full_stem", "image_stem", "object_stem", "click_type", "model_type", "device", "x", "y", "w", "h",
@@ -219,14 +219,3 @@ def describe_unmatched(match: ClickMatch, shown: int = 10) -> str:
     reasons = "; ".join(f"line {c.line}: {why}" for c, why in rows[:3])
     return (f"{len(rows)} first-click row(s) refer to an image or object the evaluated datasets do not have "
             f"(lines {lines}). {reasons}")
-
-
-def nsr(ious_per_instance: Sequence[Sequence[float]]) -> float:
-    """Noise-to-signal ratio x100: mean over instances of ``std / (mean + 1e-9)``.
-
-    The std is the population std (``ddof=0``, NumPy's default, as the RClicks notebook).
-    """
-    if not ious_per_instance:
-        return float("nan")
-    ratios = [np.std(v) / (np.mean(v) + 1e-9) for v in (np.asarray(x, dtype=np.float64) for x in ious_per_instance)]
-    return float(100.0 * np.mean(ratios))

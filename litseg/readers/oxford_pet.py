@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from litseg.io import (
     raise_problems,
     read_image,
     read_mask,
-    read_text,
+    read_stem_list,
 )
 
 # Official class ids 1..37 (annotations/list.txt order: case-insensitive alphabetical).
@@ -36,6 +37,8 @@ BREEDS = (
     "Sphynx", "staffordshire_bull_terrier", "wheaten_terrier", "yorkshire_terrier",
 )
 LabelSet = Literal["binary", "species", "breed"]
+TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
+TRIMAP_VALUES = (TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER)
 
 
 def class_names(label_set: LabelSet) -> list[str]:
@@ -69,14 +72,25 @@ def breed_of(stem: str, path: Path) -> str:
     return name
 
 
-def read_trimap_target(record: PetRecord, image_shape: tuple[int, ...], label_set: LabelSet) -> np.ndarray:
-    """Dense target: pet -> class id, background -> 0, border -> 255. Validates the trimap."""
-    trimap = read_mask(record.trimap)
-    check_same_size(np.empty(image_shape), trimap, record.trimap)
-    bad = ~np.isin(trimap, (1, 2, 3))
+def read_trimap(path: str | os.PathLike[str], image_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The one trimap reader: an Oxford-IIIT Pet trimap (1 pet, 2 background, 3 border), checked.
+
+    With ``image_shape`` its size must match the image; values outside {1, 2, 3} raise a
+    :class:`DataError` naming the file and (up to five of) the bad values.
+    """
+    trimap = read_mask(path)
+    if image_shape is not None:
+        check_same_size(np.empty(image_shape), trimap, path)
+    bad = ~np.isin(trimap, TRIMAP_VALUES)
     if bad.any():
         values = sorted(set(np.unique(trimap[bad]).tolist()))[:5]
-        raise DataError(record.trimap, f"trimap values must be 1, 2 or 3; found {values}")
+        raise DataError(path, f"trimap values must be 1, 2 or 3; found {values}")
+    return trimap
+
+
+def read_trimap_target(record: PetRecord, image_shape: tuple[int, ...], label_set: LabelSet) -> np.ndarray:
+    """Dense target: pet -> class id, background -> 0, border -> 255. Validates the trimap."""
+    trimap = read_trimap(record.trimap, image_shape)
     target = np.full(trimap.shape, IGNORE_INDEX, dtype=np.uint8)
     target[trimap == 1] = record.class_id(label_set)
     target[trimap == 2] = 0
@@ -141,7 +155,7 @@ def split_stems(records: Sequence[PetRecord], root: Path, val_fraction: float, t
     known = {r.stem for r in records}
     test_list = root / "annotations" / "test.txt"
     if test_list.is_file():
-        listed = [ln.split()[0] for ln in read_text(test_list).splitlines() if ln.strip() and not ln.startswith("#")]
+        listed = read_stem_list(test_list, "test list", first_column=True)
         test = [s for s in listed if s in known]
         rest = [r for r in records if r.stem not in set(test)]
         groups = [[r.stem for r in rest if r.is_cat], [r.stem for r in rest if not r.is_cat]]

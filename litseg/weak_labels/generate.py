@@ -50,13 +50,13 @@ from scipy.sparse.csgraph import connected_components, dijkstra
 from skimage.morphology import skeletonize
 
 from litseg.geometry import padded_distance_transform
-from litseg.io import DataError, index_by_stem, list_images, read_mask, read_text, write_json
+from litseg.io import DataError, index_by_stem, list_images, read_stem_list, write_json
+from litseg.readers.oxford_pet import TRIMAP_VALUES, read_trimap
 from litseg.seeding import item_rng
 from litseg.weak_labels.format import FORMAT_NAME, FORMAT_VERSION
 from litseg.weak_labels.render import polyline_pixels
 
-PET, BACKGROUND, BORDER = 1, 2, 3
-TRIMAP_VALUES = (PET, BACKGROUND, BORDER)
+PET, BACKGROUND, BORDER = TRIMAP_VALUES
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 
@@ -227,15 +227,6 @@ def background_points(trimap: np.ndarray, n: int, margin: int, rng: np.random.Ge
 # ----------------------------------------------------------------------------- per image
 
 
-def read_trimap(path: Path) -> np.ndarray:
-    """Read an Oxford-Pet trimap, checking its values are within {1, 2, 3}."""
-    trimap = read_mask(path)
-    bad = np.setdiff1d(np.unique(trimap), TRIMAP_VALUES)
-    if bad.size:
-        raise DataError(path, f"trimap values must be 1 (pet), 2 (background) or 3 (border); found {bad.tolist()}")
-    return trimap
-
-
 def weak_labels_for_trimap(trimap: np.ndarray, stem: str, config: GeneratorConfig,
                            trimap_path: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON entry of one image (see :mod:`litseg.weak_labels.format`)."""
@@ -270,22 +261,6 @@ def weak_labels_for_trimap(trimap: np.ndarray, stem: str, config: GeneratorConfi
 
 def trimap_path(root: Path, stem: str) -> Path:
     return root / "annotations" / "trimaps" / f"{stem}.png"
-
-
-def read_stems_file(path: str | os.PathLike[str]) -> list[str]:
-    """One stem per line; blank lines and ``#`` comments ignored; duplicates rejected."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "stems file not found")
-    stems: list[str] = []
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
-        stem = line.split("#", 1)[0].strip()
-        if not stem:
-            continue
-        if stem in stems:
-            raise DataError(path, f"line {number}: stem '{stem}' listed twice")
-        stems.append(stem)
-    return stems
 
 
 def generate_weak_labels(root: str | os.PathLike[str], config: GeneratorConfig = GeneratorConfig(),
@@ -326,7 +301,7 @@ def write_weak_labels(root: str | os.PathLike[str], output: str | os.PathLike[st
                       config: GeneratorConfig = GeneratorConfig(),
                       stems_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Generate and write the weak-label JSON atomically; returns the document."""
-    stems = read_stems_file(stems_file) if stems_file is not None else None
+    stems = read_stem_list(stems_file, "stems file") if stems_file is not None else None
     document = generate_weak_labels(root, config, stems, str(stems_file) if stems_file is not None else None)
     write_json(output, document)
     return document

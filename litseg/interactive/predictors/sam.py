@@ -22,32 +22,16 @@ Differences from the upstream wrapper, both deliberate:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from segment_anything import SamPredictor, sam_model_registry
+from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
-from litseg.checkpoint import load_weights
 from litseg.interactive.predictors.base import ClickPredictor, MaskReset, clicks_to_points, drops_previous_mask
 from litseg.interactive.types import Click
-from litseg.io import DataError
-
-SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
-
-
-def build_sam(model_type: str, checkpoint: str | Path) -> Sam:
-    """Build an upstream SAM architecture without weights, then load ``checkpoint`` safely."""
-    if model_type not in SAM_MODEL_TYPES:
-        raise ValueError(f"unknown SAM model_type {model_type!r}; known: {', '.join(SAM_MODEL_TYPES)}")
-    if not Path(checkpoint).is_file():  # fail before spending seconds building the network
-        raise DataError(checkpoint, "checkpoint not found")
-    # No checkpoint argument: upstream would torch.load it unsafely and onto the saving device.
-    model = sam_model_registry[model_type]()
-    load_weights(model, checkpoint)
-    return model
+from litseg.nets.sam import build_sam, load_sam_state_dict
 
 
 class SamClickPredictor(ClickPredictor):
@@ -55,8 +39,9 @@ class SamClickPredictor(ClickPredictor):
 
     Args:
         model_type: upstream architecture (``vit_b`` / ``vit_l`` / ``vit_h``).
-        checkpoint: weights file (e.g. ``sam_vit_b_01ec64.pth``), loaded with
-            ``weights_only=True``. Required unless ``model`` is given.
+        checkpoint: weights file (e.g. ``sam_vit_b_01ec64.pth``, or a fine-tuned state dict),
+            loaded with ``weights_only=True`` (:func:`litseg.nets.sam.build_sam`). Required
+            unless ``model`` is given.
         device: where the model runs (``cpu``, ``cuda``, ``cuda:1``).
         model: an already-built ``Sam`` (tests, fine-tuned models); ``checkpoint`` then
             optionally loads weights into it.
@@ -81,7 +66,7 @@ class SamClickPredictor(ClickPredictor):
                 raise ValueError("SamClickPredictor needs a checkpoint (random SAM weights give meaningless masks)")
             model = build_sam(model_type, checkpoint)
         elif checkpoint is not None:
-            load_weights(model, checkpoint)
+            load_sam_state_dict(model, checkpoint)
         drops_previous_mask([], mask_reset)  # validates the policy name now, not at the first click
         self.model = model.to(torch.device(device)).eval()
         self.sam_predictor = SamPredictor(self.model)

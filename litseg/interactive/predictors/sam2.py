@@ -9,52 +9,21 @@ As for SAM (``litseg/interactive/predictors/sam.py``) the image is encoded once 
 click as upstream (``encode_every_click=True`` reproduces that), and the previous mask is
 dropped only on the first click unless ``mask_reset="upstream_two_slots"``.
 
-Packaging notes (ecosystem.md §6): ``sam2`` is imported lazily because ``import sam2``
-initialises the global Hydra instance; ``build_sam2`` always gets ``device`` (its default is
-``cuda``) and no checkpoint (we load it through ``litseg.checkpoint``, SAM2 keeps weights
-under ``"model"``); ``SAM2ImagePredictor`` hard-codes the feature sizes of a 1024-px input, so
-they are set from ``model.image_size``.
+The model is built by :func:`litseg.nets.sam.build_sam2` (lazy ``sam2`` import, safe checkpoint
+loading; see its packaging notes). ``SAM2ImagePredictor`` hard-codes the feature sizes of a
+1024-px input, so they are set from ``model.image_size``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from litseg.checkpoint import load_weights
 from litseg.interactive.predictors.base import ClickPredictor, MaskReset, clicks_to_points, drops_previous_mask
 from litseg.interactive.types import Click
-from litseg.io import DataError
-
-
-def sam2_configs() -> list[str]:
-    """Config names ``build_sam2`` accepts (relative to the installed ``sam2`` package)."""
-    import sam2
-
-    root = Path(sam2.__path__[0])
-    configs = (root / "configs").rglob("*.yaml")
-    return sorted(str(p.relative_to(root)) for p in configs if "training" not in p.parent.name)
-
-
-def build_sam2_model(
-    config: str, checkpoint: str | Path | None, hydra_overrides: list[str], device: str
-) -> torch.nn.Module:
-    """Instantiate a SAM2 config on CPU, load ``checkpoint`` safely, move it to ``device``."""
-    from hydra.errors import MissingConfigException
-    from sam2.build_sam import build_sam2  # lazy, see module docstring
-
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise DataError(checkpoint, "checkpoint not found")
-    try:
-        model = build_sam2(config, ckpt_path=None, device="cpu", hydra_overrides_extra=list(hydra_overrides))
-    except MissingConfigException as err:
-        raise ValueError(f"unknown SAM2 config {config!r}; known: {', '.join(sam2_configs())}") from err
-    if checkpoint is not None:
-        load_weights(model, checkpoint)  # finds the "model" entry of upstream files
-    return model.to(torch.device(device)).eval()
+from litseg.nets.sam import build_sam2, load_sam_state_dict
 
 
 class Sam2ClickPredictor(ClickPredictor):
@@ -89,10 +58,10 @@ class Sam2ClickPredictor(ClickPredictor):
         if model is None:
             if checkpoint is None:
                 raise ValueError("Sam2ClickPredictor needs a checkpoint (random SAM2 weights give meaningless masks)")
-            model = build_sam2_model(config, checkpoint, hydra_overrides or [], device)
+            model = build_sam2(config, checkpoint, hydra_overrides or [], device)
         else:
             if checkpoint is not None:
-                load_weights(model, checkpoint)
+                load_sam_state_dict(model, checkpoint)
             model = model.to(torch.device(device)).eval()
         drops_previous_mask([], mask_reset)  # validates the policy name now
         self.model = model
