@@ -30,3 +30,15 @@ def _no_downloads(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def pet_root() -> Path:
     return PET_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_global_state():
+    """Tests run in one process: thread count and deterministic-kernel mode (float sums depend on both)
+    must not leak from one test into the next, e.g. from a benchmark smoke test that pins 1 thread."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
