@@ -15,12 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from callbacks.run_config import redact
+from callbacks.run_config import write_config
 from litseg.checkpoint import load_weights
 from litseg.cli import LitSegCLI, run_cli
-from litseg.io import atomic_path, markdown_table, write_png
+from litseg.io import markdown_table, write_png
 
 
 class EvaluateCLI(LitSegCLI):
@@ -49,9 +47,7 @@ def evaluate(args: list[str] | None = None) -> list[dict[str, Any]]:
     if trainer.is_global_zero:
         rows = model.write_evaluation(output_dir)  # also logs the table and figures to W&B
         # The config beside its results: the run root's config.yaml is rewritten by every evaluation.
-        with atomic_path(output_dir / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(redact(yaml.safe_load(cli.parser.dump(cfg, skip_none=False))),
-                                          sort_keys=False))
+        write_config(cli.parser, cfg, output_dir / "config.yaml")
         # Significant digits, as the Markdown files: PDE and similar metrics are ~1e-5.
         print(markdown_table(rows, float_format="{:.4g}"))
     if cfg.save_predictions:

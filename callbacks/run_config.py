@@ -18,16 +18,24 @@ from lightning.pytorch.loggers import WandbLogger
 
 from litseg.io import atomic_path
 
-_SECRET = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
 
 
 def redact(obj: Any) -> Any:
     """Drop every mapping entry whose key looks like a credential."""
     if isinstance(obj, dict):
-        return {k: redact(v) for k, v in obj.items() if not (isinstance(k, str) and _SECRET.search(k))}
+        return {k: redact(v) for k, v in obj.items() if not (isinstance(k, str) and SECRET_KEY.search(k))}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
+
+
+def write_config(parser: Any, config: Any, path: Path) -> dict[str, Any]:
+    """Write the resolved ``config`` of ``parser`` to ``path`` atomically, credentials removed; returns it."""
+    resolved = redact(yaml.safe_load(parser.dump(config, skip_none=False)))
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    return resolved
 
 
 def run_directory(trainer: Trainer) -> Path:
@@ -53,9 +61,6 @@ class RunConfigSaver(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        config = redact(yaml.safe_load(self.parser.dump(self.config, skip_none=False)))
-        path = self._run_dir / self.config_filename
-        with atomic_path(path) as tmp:
-            tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        config = write_config(self.parser, self.config, self._run_dir / self.config_filename)
         if isinstance(trainer.logger, WandbLogger):
             trainer.logger.experiment.config.update({"cli": config}, allow_val_change=True)

@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from callbacks.run_config import RunConfigSaver, redact
+from callbacks.run_config import SECRET_KEY, RunConfigSaver, redact
 from litseg.checkpoint import load_checkpoint
 from litseg.io import ConfigError, DataError
 
@@ -130,7 +130,7 @@ class LitSegCLI(LightningCLI):
     def before_fit(self) -> None:
         ckpt_path = self._section().get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
-            resume_in_run_directory(self.trainer, ckpt_path)
+            resume_in_run_directory(self.trainer, ckpt_path, self.checkpoint)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -175,7 +175,8 @@ def check_checkpoint_matches_config(ckpt_path: str | os.PathLike[str], ckpt: Map
         raise DataError(ckpt_path, f"checkpoint does not match the config ({configs}): " + "; ".join(differing))
 
 
-def resume_in_run_directory(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> Path | None:
+def resume_in_run_directory(trainer: Trainer, ckpt_path: str | os.PathLike[str],
+                            checkpoint: Mapping[str, Any] | None = None) -> Path | None:
     """Point the trainer's loggers at the run directory that holds ``ckpt_path``.
 
     A checkpoint written by this suite lives in ``<run dir>/checkpoints/``. Resuming there (same
@@ -199,7 +200,7 @@ def resume_in_run_directory(trainer: Trainer, ckpt_path: str | os.PathLike[str])
             return None
         logger._version = run_dir.name  # the version is a folder name; a string is used as-is
         if isinstance(logger, CSVLogger) and trainer.is_global_zero:
-            _keep_metrics_up_to(logger, load_checkpoint(ckpt_path))
+            _keep_metrics_up_to(logger, checkpoint if checkpoint is not None else load_checkpoint(ckpt_path))
     elif isinstance(logger, WandbLogger):
         if (Path(logger.save_dir or ".") / str(logger.name)).resolve() != run_dir.parent:
             rank_zero_warn(f"{ckpt_path}: belongs to {run_dir}, not to this W&B logger's project folder; resuming "
@@ -250,9 +251,6 @@ def _redact_logger_configs(trainer_cfg: Any) -> None:
                 init_args["config"] = redact(_plain(init_args["config"]))
 
 
-_SECRET_FLAG = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
-
-
 def redact_argv(argv: Sequence[str]) -> list[str]:
     """The command line without credentials: secret-named flags are dropped with their value, and
     secret-named keys inside YAML / JSON mapping values are removed (the rest of the value is kept)."""
@@ -263,11 +261,11 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
             skip = False
             continue
         flag = arg.split("=", 1)[0]
-        if flag.startswith("--") and _SECRET_FLAG.search(flag):
+        if flag.startswith("--") and SECRET_KEY.search(flag):
             skip = "=" not in arg
             continue
         value = arg.split("=", 1)[1] if flag.startswith("--") and "=" in arg else arg
-        if _SECRET_FLAG.search(value) and value.lstrip().startswith("{"):
+        if SECRET_KEY.search(value) and value.lstrip().startswith("{"):
             try:
                 parsed = yaml.safe_load(value)
             except yaml.YAMLError:
@@ -280,14 +278,20 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- error reporting
-def _config_files(argv: Sequence[str]) -> list[str]:
-    files, it = [], iter(argv)
+def _arguments(argv: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """``("config", path)`` for each ``--config`` / ``-c`` file and ``("flag", --name)`` for every other flag."""
+    it = iter(argv)
     for arg in it:
         if arg in ("--config", "-c"):
-            files.append(next(it, ""))
+            yield "config", next(it, "")
         elif arg.startswith("--config="):
-            files.append(arg.split("=", 1)[1])
-    return [f for f in files if f]
+            yield "config", arg.split("=", 1)[1]
+        elif arg.startswith("--"):
+            yield "flag", arg.split("=", 1)[0]
+
+
+def _config_files(argv: Sequence[str]) -> list[str]:
+    return [value for kind, value in _arguments(argv) if kind == "config" and value]
 
 
 def _lookup(tree: Any, dotted: str) -> tuple[bool, Any]:
@@ -303,18 +307,16 @@ def locate_key(argv: Sequence[str], key: str) -> str:
     """Where ``key`` (``model.init_args.lr``) was set: the last config file or ``--key`` argument wins."""
     short = key.replace(".init_args.", ".")
     source = "default value (no config file sets it)"
-    it = iter(argv)
-    for arg in it:
-        if arg in ("--config", "-c"):
-            path = next(it, "")
+    for kind, value in _arguments(argv):
+        if kind == "config":
             try:
-                tree = yaml.safe_load(Path(path).read_text()) or {}
+                tree = yaml.safe_load(Path(value).read_text()) or {}
             except (OSError, yaml.YAMLError):
                 continue
             if _lookup(tree, key)[0] or _lookup(tree, short)[0]:
-                source = path
-        elif arg.split("=", 1)[0] in (f"--{key}", f"--{short}"):
-            source = f"command line {arg.split('=', 1)[0]}"
+                source = value
+        elif value in (f"--{key}", f"--{short}"):
+            source = f"command line {value}"
     return source
 
 
