@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from lit_modules.base import LitSegModule
+from litseg.distributed import gather_objects, gather_rows
 from litseg.interactive.clicker import ClickStrategy, ReplayClicks, build_strategy
 from litseg.interactive.episode import ClickRecord, iou_curve, run_episode
 from litseg.interactive.predictors import build_predictor
@@ -267,25 +268,15 @@ class InteractiveBenchmark(LitSegModule):
             "n_instances_without_clicks": self._without_clicks.get(name, 0),
         }
 
-    def _world(self) -> int:
-        dist = torch.distributed
-        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
     def _gather_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """All ranks' per-click rows, in a fixed order (dataset order, image, instance, episode, k)."""
-        if self._world() > 1:
-            gathered: list[Any] = [None] * self._world()
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = [r for part in gathered for r in part]
         order = {name: i for i, name in enumerate(self.dataset_names)}
-        return sorted(rows, key=lambda r: (order[r["dataset"]], r["image"], r["instance"], r["episode"], r["k"]))
+        return sorted(gather_rows(rows),
+                      key=lambda r: (order[r["dataset"]], r["image"], r["instance"], r["episode"], r["k"]))
 
     def _gather_counts(self, counts: dict[str, int]) -> dict[str, int]:
-        if self._world() == 1:
-            return counts
-        gathered: list[Any] = [None] * self._world()
-        torch.distributed.all_gather_object(gathered, counts)
-        return {name: sum(part.get(name, 0) for part in gathered) for name in self.dataset_names}
+        parts = gather_objects(counts)
+        return {name: sum(part.get(name, 0) for part in parts) for name in self.dataset_names}
 
     # ------------------------------------------------------------------ outputs
     def write_evaluation(self, output_dir: Path) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from lit_modules.base import LitSegModule
+from litseg.distributed import gather_rows
 from litseg.losses import kl_loss
 from litseg.metrics.click_distribution import (
     BOOTSTRAP_DRAWS,
@@ -143,12 +144,7 @@ class ClickabilityModel(LitSegModule):
                                    "click_type": batch["click_type"], "clicks": len(batch["clicks_xy"])} | scores)
 
     def on_test_epoch_end(self) -> None:
-        rows = self.test_rows
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, rows)
-            rows = [r for part in gathered for r in part]
+        rows = gather_rows(self.test_rows)
         order = {MODEL_NAME: 0, "UD": 1, "DT": 2}
         self.test_rows = sorted(rows, key=lambda r: (order.get(r["model"], 3), r["dataset"], r["full_stem"]))
         self.evaluation_rows = aggregate_scores(self.test_rows)

@@ -86,6 +86,11 @@ class LitSegCLI(LightningCLI):
             "--torch_threads", type=int | None, default=None,
             help="torch intra-op threads (torch.set_num_threads). Float sums depend on it, so the deterministic "
                  "preset pins it: the same config, seed and thread count give the same numbers.")
+        parser.add_argument(
+            "--run_name", type=str | None, default=None,
+            help="names the run: loggers whose name is null take it, and a null trainer.default_root_dir "
+                 "becomes <first logger's save_dir, else runs>/<run_name>. Recipes that include a shared "
+                 "trainer file set it, so one trainer file serves every recipe of a method.")
 
     # ------------------------------------------------------------------ config sections
     def _section(self) -> Namespace:
@@ -123,6 +128,7 @@ class LitSegCLI(LightningCLI):
                 raise ConfigError("torch_threads", f"must be a positive thread count, got {threads}",
                                   locate_key(self._argv, "torch_threads"))
             torch.set_num_threads(threads)
+        apply_run_name(self._section().get("trainer"), self._section().get("run_name"))
         _redact_logger_configs(self._section().get("trainer"))
         # W&B records the command line in its run metadata: a key passed there must not reach it either.
         sys.argv[1:] = redact_argv(sys.argv[1:])
@@ -131,6 +137,27 @@ class LitSegCLI(LightningCLI):
         ckpt_path = self._section().get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
             resume_in_run_directory(self.trainer, ckpt_path, self.checkpoint)
+
+
+def _logger_configs(trainer_cfg: Any) -> list[Any]:
+    loggers = trainer_cfg.get("logger") if trainer_cfg is not None else None
+    if loggers is None or isinstance(loggers, bool):
+        return []
+    return [lg for lg in (loggers if isinstance(loggers, list) else [loggers]) if lg is not None and "init_args" in lg]
+
+
+def apply_run_name(trainer_cfg: Any, run_name: str | None) -> None:
+    """Fill what a shared trainer file leaves open with ``run_name``: null logger names, a null
+    ``default_root_dir`` (where SLURM's ``hpc_ckpt`` lands). Values set anywhere else win."""
+    if not run_name or trainer_cfg is None:
+        return
+    loggers = _logger_configs(trainer_cfg)
+    for logger in loggers:
+        if "name" in logger.init_args and logger.init_args.get("name") is None:
+            logger.init_args["name"] = run_name
+    if trainer_cfg.get("default_root_dir") is None:
+        save_dirs = [lg.init_args.get("save_dir") for lg in loggers if lg.init_args.get("save_dir")]
+        trainer_cfg["default_root_dir"] = str(Path(save_dirs[0] if save_dirs else "runs") / run_name)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -303,18 +330,44 @@ def _lookup(tree: Any, dotted: str) -> tuple[bool, Any]:
     return True, node
 
 
+def recipe_includes(path: str | os.PathLike[str]) -> dict[str, Path]:
+    """A recipe's included sections (``data: _shared/data.yaml``): section -> file, resolved as
+    jsonargparse does, relative to the recipe's folder."""
+    tree = yaml.safe_load(Path(path).read_text()) or {}
+    return {section: Path(path).parent / value for section, value in tree.items()
+            if isinstance(value, str) and value.endswith((".yaml", ".yml"))}
+
+
+def read_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A recipe as one tree, its included section files read in place."""
+    tree = yaml.safe_load(Path(path).read_text()) or {}
+    for section, file in recipe_includes(path).items():
+        tree[section] = yaml.safe_load(file.read_text())
+    return tree
+
+
 def locate_key(argv: Sequence[str], key: str) -> str:
-    """Where ``key`` (``model.init_args.lr``) was set: the last config file or ``--key`` argument wins."""
+    """Where ``key`` (``model.init_args.lr``) was set: the last config file (or the section file it
+    includes) or ``--key`` argument wins."""
     short = key.replace(".init_args.", ".")
     source = "default value (no config file sets it)"
     for kind, value in _arguments(argv):
         if kind == "config":
             try:
                 tree = yaml.safe_load(Path(value).read_text()) or {}
-            except (OSError, yaml.YAMLError):
+                includes = recipe_includes(value)
+            except (OSError, yaml.YAMLError, AttributeError):
                 continue
             if _lookup(tree, key)[0] or _lookup(tree, short)[0]:
                 source = value
+            section, _, rest = key.partition(".")
+            if section in includes and rest:
+                try:
+                    sub = yaml.safe_load(includes[section].read_text()) or {}
+                except (OSError, yaml.YAMLError):
+                    continue
+                if _lookup(sub, rest)[0] or _lookup(sub, rest.replace("init_args.", "", 1))[0]:
+                    source = str(includes[section])
         elif value in (f"--{key}", f"--{short}"):
             source = f"command line {value}"
     return source

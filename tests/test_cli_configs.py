@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from litseg.cli import ConfigError, LitSegCLI
+from litseg.cli import ConfigError, LitSegCLI, read_recipe
 from tests.helpers import REPO, TINY_PET, run_script
 
 RECIPES = sorted(p for p in (REPO / "configs").glob("*/*.yaml") if p.parent.name not in ("trainer", "logger"))
@@ -53,7 +53,7 @@ def test_any_init_argument_can_be_overridden(capsys):
 
 def test_unknown_supervision_kind_is_rejected_with_the_allowed_values(tmp_path):
     bad = tmp_path / "bad.yaml"
-    cfg = yaml.safe_load((REPO / "configs/weak_unet/points.yaml").read_text())
+    cfg = read_recipe(REPO / "configs/weak_unet/points.yaml")
     cfg["model"]["init_args"]["supervision"] = ["pointz"]
     bad.write_text(yaml.safe_dump(cfg))
     with pytest.raises(AssertionError) as err:
@@ -93,7 +93,7 @@ def _fails(args: list[str], env: dict[str, str] | None = None) -> list[str]:
 
 
 def _bad_recipe(tmp_path, section: str, key: str, value) -> Path:
-    cfg = yaml.safe_load((REPO / "configs/weak_unet/points.yaml").read_text())
+    cfg = read_recipe(REPO / "configs/weak_unet/points.yaml")
     cfg[section]["init_args"][key] = value
     bad = tmp_path / f"bad_{key}.yaml"
     bad.write_text(yaml.safe_dump(cfg))
@@ -203,3 +203,40 @@ def test_redact_argv_drops_secret_flags_and_secret_keys_inside_mapping_values():
             "--trainer.logger.init_args.api_key", "S2", "--x.token=S3", '--y={"password": "S4", "a": 2}', "plain"]
     assert redact_argv(argv) == ["fit", "--trainer.logger.init_args.config", '{"note": "kept"}',
                                  '--y={"a": 2}', "plain"]
+
+
+# ----------------------------------------------------------------------------- shared recipe parts
+def test_weak_unet_recipes_share_data_and_trainer_files_and_differ_only_in_the_model():
+    recipes = sorted((REPO / "configs/weak_unet").glob("*.yaml"))
+    assert len(recipes) == 9
+    trees = [read_recipe(r) for r in recipes]
+    for recipe, tree in zip(recipes, trees, strict=True):
+        raw = yaml.safe_load(recipe.read_text())
+        assert raw["data"] == "_shared/data.yaml" and raw["trainer"] == "_shared/trainer.yaml", recipe
+        assert raw["run_name"] == recipe.stem
+        assert tree["data"] == trees[0]["data"] and tree["trainer"] == trees[0]["trainer"]
+        assert tree["model"]["class_path"] == "lit_modules.weak_unet.WeakLabelUNet"
+
+
+def test_run_name_fills_the_logger_name_and_run_directory_and_explicit_values_win():
+    cli = LitSegCLI(args=["--config", "configs/weak_unet/boxes.yaml"], run=False)
+    assert cli.trainer.logger.name == "boxes"
+    assert Path(cli.trainer.logger.log_dir).parent == Path("runs/weak_unet/boxes")
+    assert Path(cli.trainer.default_root_dir) == Path("runs/weak_unet/boxes")
+    cli = LitSegCLI(args=["--config", "configs/weak_unet/boxes.yaml", "--trainer.logger.init_args.name", "mine",
+                          "--trainer.default_root_dir", "elsewhere"], run=False)
+    assert cli.trainer.logger.name == "mine"
+    assert Path(cli.trainer.default_root_dir) == Path("elsewhere")
+
+
+def test_an_error_in_an_included_file_names_that_file(tmp_path):
+    (tmp_path / "_shared").mkdir()
+    data = yaml.safe_load((REPO / "configs/weak_unet/_shared/data.yaml").read_text())
+    data["init_args"]["label_set"] = "breeds"
+    (tmp_path / "_shared" / "data.yaml").write_text(yaml.safe_dump(data))
+    recipe = yaml.safe_load((REPO / "configs/weak_unet/points.yaml").read_text())
+    recipe["trainer"] = str(REPO / "configs/weak_unet/_shared/trainer.yaml")
+    (tmp_path / "points.yaml").write_text(yaml.safe_dump(recipe))
+    lines = _fails(["train.py", "fit", "--config", str(tmp_path / "points.yaml"), "--trainer.max_epochs", "1"])
+    assert lines[0] == (f"error: {tmp_path / '_shared' / 'data.yaml'}: data.init_args.label_set: 'breeds' is not "
+                        "allowed; allowed values: binary, species, breed")

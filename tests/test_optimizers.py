@@ -13,7 +13,7 @@ import yaml
 from lightning.pytorch import Callback, Trainer
 
 from lit_modules import ClickabilityModel, InteractiveBenchmark, LitSegModule, WeakLabelUNet
-from litseg.cli import LitSegCLI, check_checkpoint_matches_config
+from litseg.cli import LitSegCLI, check_checkpoint_matches_config, read_recipe
 from litseg.io import DataError
 from litseg.schedules import WarmupCosine, WarmupMultiStep, no_decay_param_groups
 from tests.helpers import REPO, RecordingWandbLogger
@@ -144,7 +144,7 @@ def test_clickability_defaults_are_rclicks_and_saved_as_config():
 
 # ----------------------------------------------------------------------------- the next recipes, in YAML
 def _recipe(tmp_path: Path, model_args: dict[str, Any]) -> Path:
-    cfg = yaml.safe_load(POINTS.read_text())
+    cfg = read_recipe(POINTS)
     cfg["model"]["init_args"] |= model_args
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))

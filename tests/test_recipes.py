@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
+from litseg.cli import read_recipe
 from tests import fakes
 from tests.helpers import REPO
 
@@ -52,7 +52,7 @@ def weak_unet_args(recipe: Path, tmp_path: Path) -> list[str]:
 def rclicks_args(recipe: Path, tmp_path: Path) -> list[str]:
     # The recipe's own dataset layout (GrabCut for the demo, TETRIS's RGB ids for the full recipe), faked,
     # with synthetic clicks; random-init backbone, 64 px input, 16 decoder channels.
-    dataset = yaml.safe_load(recipe.read_text())["data"]["init_args"]["dataset"]
+    dataset = read_recipe(recipe)["data"]["init_args"]["dataset"]
     fakes.tiny_ritm(tmp_path / "data", dataset, n=4, size=(48, 56))
     c = fakes.write_synthetic_clicks(tmp_path / "data", dataset, tmp_path / "clicks", clicks_per_stem=3,
                                      val_fraction=0.5)
@@ -71,7 +71,7 @@ TINY_PREDICTORS = {"sam": "tests.tiny_models:tiny_sam_predictor", "sam2": "tests
 def interactive_args(recipe: Path, tmp_path: Path) -> list[str]:
     # Every dataset the recipe names, faked in its own layout and encoding; tiny SAM / SAM2 for the
     # learned predictors; the user-clicks recipe replays synthetic clicks of the fake GrabCut.
-    cfg = yaml.safe_load(recipe.read_text())
+    cfg = read_recipe(recipe)
     init = cfg["model"]["init_args"]
     datasets = cfg["data"]["init_args"]["datasets"]
     root = tmp_path / "data"
@@ -113,7 +113,7 @@ def test_recipe_runs_one_batch(recipe, tmp_path):
                     "tests/test_recipes.py (or, for an include file, name it with a leading '_')")
     subcommand, tiny = METHODS[method]
     # The recipe's own logger, written under tmp_path (some callbacks need one); none if it has none.
-    logger = (yaml.safe_load((CONFIGS / recipe).read_text()).get("trainer") or {}).get("logger")
+    logger = (read_recipe(CONFIGS / recipe).get("trainer") or {}).get("logger")
     if isinstance(logger, dict) and "save_dir" in logger.get("init_args", {}):
         logging = ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
     else:
