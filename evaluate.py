@@ -51,7 +51,13 @@ def evaluate(args: list[str] | None = None) -> list[dict[str, Any]]:
         # Significant digits, as the Markdown files: PDE and similar metrics are ~1e-5.
         print(markdown_table(rows, float_format="{:.4g}"))
     if cfg.save_predictions:
-        save_predictions(trainer.predict(model, datamodule=dm), Path(cfg.save_predictions))
+        outputs = trainer.predict(model, datamodule=dm)
+        # A method with its own prediction format (SAOM: pred/ + gt/ PNGs and a metadata JSON) writes it.
+        writer = getattr(model, "write_predictions", None)
+        if writer is not None:
+            writer(outputs, Path(cfg.save_predictions), split=cfg.split)
+        else:
+            save_predictions(outputs, Path(cfg.save_predictions))
     return rows
 
 

@@ -3,6 +3,7 @@
 from datamodules.base import LitSegDataModule
 from datamodules.interactive import InteractiveDataModule
 from datamodules.rclicks import ClickMapDataModule
+from datamodules.saom import SAOMDataModule
 from datamodules.weak_unet import OxfordPetDataModule
 
-__all__ = ["ClickMapDataModule", "InteractiveDataModule", "LitSegDataModule", "OxfordPetDataModule"]
+__all__ = ["ClickMapDataModule", "InteractiveDataModule", "LitSegDataModule", "OxfordPetDataModule", "SAOMDataModule"]

@@ -14,6 +14,7 @@ Beyond Lightning's own CLI it
 from __future__ import annotations
 
 import csv
+import importlib
 import inspect
 import io
 import json
@@ -176,6 +177,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _evaluation_args(class_path: str | None) -> tuple[str, ...]:
+    """A module's ``evaluation_args``: init arguments that change what is evaluated, not the weights
+    (e.g. SAOM's ``everything_mode``), so a checkpoint may be evaluated with other values."""
+    if not class_path or "." not in class_path:
+        return ()
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        return tuple(getattr(getattr(importlib.import_module(module_name), name), "evaluation_args", ()))
+    except (ImportError, AttributeError):
+        return ()
+
+
 def check_checkpoint_matches_config(ckpt_path: str | os.PathLike[str], ckpt: Mapping[str, Any],
                                     model_cfg: Any, config_files: Sequence[str]) -> None:
     """Raise ``DataError`` when the checkpoint's model class or init arguments differ from the config."""
@@ -191,8 +204,9 @@ def check_checkpoint_matches_config(ckpt_path: str | os.PathLike[str], ckpt: Map
     if not hparams:
         return
     differing = []
+    exempt = set(RESUME_EXEMPT_KEYS) | set(_evaluation_args(cfg_class or ckpt_class))
     for key in sorted(set(hparams) | set(cfg_args)):
-        if key in RESUME_EXEMPT_KEYS or key not in hparams or key not in cfg_args:
+        if key in exempt or key not in hparams or key not in cfg_args:
             # A key only on one side is a default added or removed by a code change, not a recipe mismatch.
             continue
         if _plain(hparams[key]) != _plain(cfg_args[key]):

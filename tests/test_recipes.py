@@ -90,16 +90,30 @@ def interactive_args(recipe: Path, tmp_path: Path) -> list[str]:
     return args
 
 
+def saom_args(recipe: Path, tmp_path: Path) -> list[str]:
+    # The full recipes: fake SAOM metadata (5 classes) with a tiny random SAM, a 4 x 4 lattice, fp32 on CPU.
+    # The demo recipe already runs a tiny SAM on the bundled COCO128 sample: it only gets the small lattice.
+    args = ["--model.init_args.nx", "4", "--model.init_args.ny", "4", "--trainer.precision", "32-true"]
+    if read_recipe(recipe)["data"]["init_args"].get("source") == "coco":
+        return args
+    metadata = fakes.write_saom(tmp_path / "saom", size=32)
+    return args + ["--model.init_args.model_type", "tiny", "--model.init_args.checkpoint", "null",
+                   "--model.init_args.num_classes", str(len(fakes.SAOM_CLASSES)),
+                   "--data.init_args.root", str(tmp_path / "saom"), "--data.init_args.metadata", str(metadata),
+                   "--data.init_args.eval_classes", "null", "--data.init_args.num_workers", "0"]
+
+
 # method folder -> (subcommand, tiny arguments)
 METHODS: dict[str, tuple[str, Callable[[Path, Path], list[str]]]] = {
     "weak_unet": ("fit", weak_unet_args),
     "rclicks": ("fit", rclicks_args),
     "interactive": ("test", interactive_args),  # a benchmark: it only tests
+    "saom": ("fit", saom_args),
 }
 
 
 def test_every_recipe_folder_is_collected():
-    assert {r.parts[0] for r in RECIPES} >= {"weak_unet", "rclicks", "interactive"}
+    assert {r.parts[0] for r in RECIPES} >= {"weak_unet", "rclicks", "interactive", "saom"}
     assert not any(r.parts[0] in PRESET_DIRS for r in RECIPES)
 
 
