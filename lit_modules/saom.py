@@ -272,7 +272,8 @@ class SAOM(LitSegModule):
         gt = gt_semantic_map(item["masks"], item["labels"], (height, width), ignore=IGNORE_INDEX)
         self.everything_metric.update(pred[None].to(self.device), gt[None].to(self.device))
         if len(self._overlays) < self.num_overlays and self.global_rank == 0:
-            labels = np.where(pred.numpy() == self.num_classes, IGNORE_INDEX, pred.numpy())
+            # overlay() leaves label 0 unpainted: shift classes to 1..C, pixels of no mask to 0.
+            labels = np.where(pred.numpy() == self.num_classes, 0, pred.numpy() + 1)
             self._overlays.append((item["key"], overlay(item["image"].cpu().numpy(), labels)))
 
     def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:

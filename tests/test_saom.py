@@ -202,6 +202,11 @@ def test_export_loads_through_sam_model_registry_and_gives_identical_masks(tmp_p
         assert torch.equal(loaded.state_dict()[name], value), name
     head = torch.load(head_file, weights_only=True)
     assert head["classes"] == ["a", "b", "c", "d"] and torch.equal(head["weight"], m.net.classifier.weight)
+    # the interactive benchmark's `sam` predictor takes the file as it is
+    from litseg.interactive.predictors.sam import SamClickPredictor
+
+    predictor = SamClickPredictor(model_type="vit_b", checkpoint=str(sam_file), device="cpu")
+    assert torch.equal(predictor.model.mask_decoder.iou_token.weight, m.net.sam.mask_decoder.iou_token.weight)
     # same decoder outputs on the same embedding and prompts
     features = torch.randn(1, 256, 64, 64)
     points = torch.tensor([[100.0, 200.0], [512.0, 512.0]])
