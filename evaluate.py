@@ -18,7 +18,7 @@ from typing import Any, Literal
 from callbacks.run_config import write_config
 from litseg.checkpoint import load_weights
 from litseg.cli import LitSegCLI, run_cli
-from litseg.io import markdown_table, write_png
+from litseg.io import ConfigError, markdown_table, write_png, write_table
 
 
 class EvaluateCLI(LitSegCLI):
@@ -30,11 +30,16 @@ class EvaluateCLI(LitSegCLI):
         parser.add_argument("--output_dir", type=str, default="results", help="where tables and plots go")
         parser.add_argument("--save_predictions", type=str | None, default=None,
                             help="also write predicted label maps as <stem>.png into this folder")
+        parser.add_argument("--detections", type=str | None, default=None,
+                            help="score this COCO results file (any method's) on the split's ground truth "
+                                 "instead of running the model (methods with score_detections: SemSeg)")
 
 
 def evaluate(args: list[str] | None = None) -> list[dict[str, Any]]:
     cli = EvaluateCLI(args=args, run=False)
     cfg, model, dm, trainer = cli.config, cli.model, cli.datamodule, cli.trainer
+    if cfg.detections:
+        return score_detections(cli, Path(cfg.detections))
     if cfg.ckpt_path:  # already loaded and checked against the config by the CLI, before building anything
         load_weights(model, cfg.ckpt_path, key="state_dict", checkpoint=cli.checkpoint)
     if cfg.split == "val":
@@ -58,6 +63,22 @@ def evaluate(args: list[str] | None = None) -> list[dict[str, Any]]:
             writer(outputs, Path(cfg.save_predictions), split=cfg.split)
         else:
             save_predictions(outputs, Path(cfg.save_predictions))
+    return rows
+
+
+def score_detections(cli: EvaluateCLI, detections: Path) -> list[dict[str, Any]]:
+    """Score an existing results file without a model pass: the data module gives the open-set ground
+    truth of the split, the method its metric; the table lands in ``--output_dir`` as usual."""
+    cfg, model, dm = cli.config, cli.model, cli.datamodule
+    scorer = getattr(model, "score_detections", None)
+    if scorer is None:
+        raise ConfigError("detections", f"{type(model).__name__} cannot score a detections file", "command line")
+    dm.trainer = cli.trainer  # the data check cache lives in the run directory
+    rows = scorer(detections, dm, cfg.split)
+    output_dir = Path(cfg.output_dir)
+    write_table(rows, output_dir / "results.csv", output_dir / "results.md", float_format="{:.1f}")
+    write_config(cli.parser, cfg, output_dir / "config.yaml")
+    print(markdown_table(rows, float_format="{:.4g}"))
     return rows
 
 

@@ -4,6 +4,7 @@ from lit_modules.base import LitSegModule
 from lit_modules.interactive import InteractiveBenchmark
 from lit_modules.rclicks import ClickabilityModel
 from lit_modules.saom import SAOM
+from lit_modules.semseg import SemSeg
 from lit_modules.weak_unet import WeakLabelUNet
 
-__all__ = ["ClickabilityModel", "InteractiveBenchmark", "LitSegModule", "SAOM", "WeakLabelUNet"]
+__all__ = ["ClickabilityModel", "InteractiveBenchmark", "LitSegModule", "SAOM", "SemSeg", "WeakLabelUNet"]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,3 +86,14 @@ class RecordingWandbLogger(WandbLogger):
                 outer.logged.append(data)
 
         return Run()
+
+
+class WriteOnRankZero(Callback):
+    """Writes the module's evaluation outputs from global rank 0 at the end of a (DDP) test run."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            pl_module.write_evaluation(self.out_dir)

@@ -103,17 +103,30 @@ def saom_args(recipe: Path, tmp_path: Path) -> list[str]:
                    "--data.init_args.eval_classes", "null", "--data.init_args.num_workers", "0"]
 
 
+def semseg_args(recipe: Path, tmp_path: Path) -> list[str]:
+    # Every recipe on the bundled COCO128 sample with the 7 VOC classes it has, a random resnet18-FPN at 128 px.
+    sample = REPO / "sample_data/coco128_sample"
+    return ["--data.init_args.root", str(sample), "--data.init_args.train_json", "annotations/instances.json",
+            "--data.init_args.train_images", "train2017", "--data.init_args.val_json", "null",
+            "--data.init_args.val_images", "null", "--data.init_args.known_ids", "[1, 3, 5, 7, 44, 64, 72]",
+            "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "2",
+            "--model.init_args.num_known", "7", "--model.init_args.backbone_name", "resnet18",
+            "--model.init_args.backbone_weights", "null", "--model.init_args.min_size", "[128]",
+            "--model.init_args.max_size", "192", "--trainer.precision", "32-true"]
+
+
 # method folder -> (subcommand, tiny arguments)
 METHODS: dict[str, tuple[str, Callable[[Path, Path], list[str]]]] = {
     "weak_unet": ("fit", weak_unet_args),
     "rclicks": ("fit", rclicks_args),
     "interactive": ("test", interactive_args),  # a benchmark: it only tests
     "saom": ("fit", saom_args),
+    "semseg": ("fit", semseg_args),
 }
 
 
 def test_every_recipe_folder_is_collected():
-    assert {r.parts[0] for r in RECIPES} >= {"weak_unet", "rclicks", "interactive", "saom"}
+    assert {r.parts[0] for r in RECIPES} >= {"weak_unet", "rclicks", "interactive", "saom", "semseg"}
     assert not any(r.parts[0] in PRESET_DIRS for r in RECIPES)
 
 

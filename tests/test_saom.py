@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Callback
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
@@ -18,6 +17,7 @@ from litseg.metrics.masks import PooledClassIoU
 from litseg.nets.sam import tiny_sam
 from litseg.nets.saom import SAOMNet, best_by_predicted_iou, everything_masks, semantic_map
 from litseg.saom.export import classifier_path, export_sam
+from tests.helpers import WriteOnRankZero
 
 
 def item(key: str, size=(40, 56), seed: int = 0, n: int = 3, num_classes: int = 4) -> dict:
@@ -268,15 +268,6 @@ def _sample_dm():
     from datamodules.saom import SAOMDataModule
 
     return SAOMDataModule(root="sample_data/coco128_sample", source="coco", val_fraction=0.5)
-
-
-class WriteOnRankZero(Callback):
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
-
-    def on_test_end(self, trainer, pl_module):
-        if trainer.is_global_zero:
-            pl_module.write_evaluation(self.out_dir)
 
 
 def test_two_process_ddp_evaluation_equals_one_process(tmp_path):

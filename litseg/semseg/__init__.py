@@ -1,0 +1,1 @@
+"""SemSeg: open-set instance segmentation (class-semantics-modulated Mask R-CNN, ``shared/specs/semseg.md``)."""
