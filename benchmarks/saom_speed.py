@@ -90,7 +90,8 @@ def main() -> None:
             h, w = item["image"].shape[:2]
             start = time.perf_counter()
             features, input_size = model.net.encode(item["image"])
-            out = everything_masks(model.net, features, input_size, (h, w), grid_lattice(n, n, h, w), EverythingConfig())
+            lattice = grid_lattice(n, n, h, w)
+            out = everything_masks(model.net, features, input_size, (h, w), lattice, EverythingConfig())
             secs.append(time.perf_counter() - start)
             kept.append(len(out["masks"]))
         print(f"| {n} x {n} | {n * n} | {np.mean(secs):.2f} | {np.mean(kept):.0f} |")
