@@ -1,6 +1,7 @@
 """Every method's LightningDataModule (importing this registers them with the CLI)."""
 
 from datamodules.base import LitSegDataModule
+from datamodules.converseg import ConverSegDataModule
 from datamodules.interactive import InteractiveDataModule
 from datamodules.rclicks import ClickMapDataModule
 from datamodules.saom import SAOMDataModule
@@ -8,6 +9,6 @@ from datamodules.semseg import SemSegDataModule
 from datamodules.weak_unet import OxfordPetDataModule
 
 __all__ = [
-    "ClickMapDataModule", "InteractiveDataModule", "LitSegDataModule", "OxfordPetDataModule", "SAOMDataModule",
-    "SemSegDataModule",
+    "ClickMapDataModule", "ConverSegDataModule", "InteractiveDataModule", "LitSegDataModule", "OxfordPetDataModule",
+    "SAOMDataModule", "SemSegDataModule",
 ]

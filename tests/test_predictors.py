@@ -74,7 +74,8 @@ class PromptSpy:
 
 
 def test_unknown_predictor_lists_known_names():
-    with pytest.raises(ValueError, match=r"unknown predictor 'nope'; known: grabcut, sam, sam2"):
+    known = "grabcut, mobile_sam, ritm, sam, sam2, sam_hq, simpleclick"
+    with pytest.raises(ValueError, match=rf"unknown predictor 'nope'; known: {known}"):
         build_predictor("nope")
 
 

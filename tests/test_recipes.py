@@ -65,7 +65,11 @@ def rclicks_args(recipe: Path, tmp_path: Path) -> list[str]:
             "--model.init_args.eval_draws", "2"]
 
 
-TINY_PREDICTORS = {"sam": "tests.tiny_models:tiny_sam_predictor", "sam2": "tests.tiny_models:tiny_sam2_predictor"}
+TINY_PREDICTORS = {"sam": "tests.tiny_models:tiny_sam_predictor", "sam2": "tests.tiny_models:tiny_sam2_predictor",
+                   "sam_hq": "litseg.interactive.predictors.sam_hq:tiny_sam_hq_predictor",
+                   "mobile_sam": "litseg.interactive.predictors.sam_hq:tiny_mobile_sam_predictor",
+                   "ritm": "tests.tiny_models:tiny_ritm_predictor",
+                   "simpleclick": "tests.tiny_models:tiny_simpleclick_predictor"}
 
 
 def interactive_args(recipe: Path, tmp_path: Path) -> list[str]:
@@ -115,6 +119,27 @@ def semseg_args(recipe: Path, tmp_path: Path) -> list[str]:
             "--model.init_args.max_size", "192", "--trainer.precision", "32-true"]
 
 
+def converseg_args(recipe: Path, tmp_path: Path) -> list[str]:
+    # A tiny random Qwen2.5-VL (built once per machine under the temp dir) and a tiny SAM2 (128 px) on the
+    # bundled generated COCO128 referring sample.
+    import tempfile
+
+    from litseg.converseg.tiny_qwen import tiny_qwen_folder
+    from litseg.nets.sam import TINY_SAM2_CONFIG, tiny_sam2_overrides
+
+    qwen = tiny_qwen_folder(Path(tempfile.gettempdir()) / "litseg-tiny-qwen")
+    return ["--model.init_args.qwen", str(qwen), "--model.init_args.qwen_dtype", "float32",
+            "--model.init_args.sam2_config", TINY_SAM2_CONFIG, "--model.init_args.sam2_checkpoint", "null",
+            "--model.init_args.sam2_overrides", json.dumps(tiny_sam2_overrides(128)),
+            "--model.init_args.artefacts", "null",
+            "--data.init_args.root", str(REPO / "sample_data/converseg_coco128"),
+            "--data.init_args.train_jsonl", "train/dataset.jsonl", "--data.init_args.val", "eval/items.json",
+            "--data.init_args.test", "eval/items.json", "--data.init_args.size", "128",
+            "--data.init_args.target_size", "32", "--data.init_args.batch_size", "2",
+            "--data.init_args.num_workers", "0", "--trainer.precision", "32-true",
+            "--trainer.accumulate_grad_batches", "1"]
+
+
 # method folder -> (subcommand, tiny arguments)
 METHODS: dict[str, tuple[str, Callable[[Path, Path], list[str]]]] = {
     "weak_unet": ("fit", weak_unet_args),
@@ -122,11 +147,12 @@ METHODS: dict[str, tuple[str, Callable[[Path, Path], list[str]]]] = {
     "interactive": ("test", interactive_args),  # a benchmark: it only tests
     "saom": ("fit", saom_args),
     "semseg": ("fit", semseg_args),
+    "converseg": ("fit", converseg_args),
 }
 
 
 def test_every_recipe_folder_is_collected():
-    assert {r.parts[0] for r in RECIPES} >= {"weak_unet", "rclicks", "interactive", "saom", "semseg"}
+    assert {r.parts[0] for r in RECIPES} >= {"weak_unet", "rclicks", "interactive", "saom", "semseg", "converseg"}
     assert not any(r.parts[0] in PRESET_DIRS for r in RECIPES)
 
 

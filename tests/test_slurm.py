@@ -73,25 +73,41 @@ def _missing_tools() -> list[str]:
             if shutil.which(t) is None and not Path("/usr/sbin", t).exists()]
 
 
+def _unavailable(reason: str) -> None:
+    """Skip where SLURM cannot run; in CI's SLURM stage (LITSEG_REQUIRE_SLURM=1) that is a failure."""
+    if os.environ.get("LITSEG_REQUIRE_SLURM") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def slurm_conf():
-    """Start the throwaway cluster in a fresh scratch directory; stop it (by pid files) afterwards."""
+    """Start the throwaway cluster in a fresh scratch directory; stop it (by pid files) afterwards.
+
+    With ``LITSEG_SLURM_LOG_DIR`` set, the daemons' logs are copied there before the scratch
+    directory goes (CI prints them when a SLURM test fails).
+    """
     missing = _missing_tools()
     if missing:
-        pytest.skip(f"SLURM not installed (missing {', '.join(missing)}): apt-get install -y slurm-wlm munge")
+        _unavailable(f"SLURM not installed (missing {', '.join(missing)}): apt-get install -y slurm-wlm munge")
     if os.geteuid() != 0:
-        pytest.skip("the local SLURM cluster needs root (slurmd, munged, /etc/hosts)")
+        _unavailable("the local SLURM cluster needs root (slurmd, munged, /etc/hosts)")
     scratch = Path(tempfile.mkdtemp(prefix="litseg-slurm-", dir="/tmp"))
     env = os.environ | {"LITSEG_SLURM_DIR": str(scratch)}
     start = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], env=env, capture_output=True, text=True,
                            timeout=120, check=False)
     try:
         if start.returncode != 0:
-            pytest.skip(f"local SLURM cluster did not start: {start.stderr.strip() or start.stdout.strip()}")
+            _unavailable(f"local SLURM cluster did not start: {start.stderr.strip() or start.stdout.strip()}")
         yield scratch / "slurm.conf"
     finally:
         stop = subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop"], env=env, capture_output=True, text=True,
                               timeout=120, check=False)
+        log_dir = os.environ.get("LITSEG_SLURM_LOG_DIR")
+        if log_dir:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            for log in scratch.rglob("*.log"):
+                shutil.copy(log, Path(log_dir) / log.name)
         assert stop.returncode == 0, stop.stderr
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -8,6 +8,17 @@ Built in (``build_predictor(name, **predictor_args)``):
   (:class:`~litseg.interactive.predictors.sam2.Sam2ClickPredictor`), threshold 0.5;
 * ``grabcut``: weights-free OpenCV GrabCut on click seeds
   (:class:`~litseg.interactive.predictors.classical.GrabCutPredictor`), threshold 0.5.
+* ``sam_hq``: SAM-HQ (``segment-anything-hq``), ``model_type`` vit_b / vit_l / vit_h / vit_tiny + ``checkpoint``
+  (``sam_hq_vit_*.pth``), ``hq_token_only`` as the HQ-SAM evaluation
+  (:class:`~litseg.interactive.predictors.sam_hq.SamHQClickPredictor`);
+* ``mobile_sam``: MobileSAM (TinyViT encoder + SAM's prompt encoder / decoder), ``mobile_sam.pt``
+  (:class:`~litseg.interactive.predictors.sam_hq.MobileSamClickPredictor`);
+* ``ritm``: RITM HRNet ITER-M rebuilt from the checkpoint's stored config (``coco_lvis_h18_itermask.pth``
+  etc.), ``thresh`` 0.49, Zoom-In, flip, NoBRS (:class:`~litseg.interactive.predictors.ritm.RITMClickPredictor`);
+* ``simpleclick``: SimpleClick / CFR-ICL plain ViT (``cocolvis_vit_*.pth``), 448 px, Zoom-In
+  (:class:`~litseg.interactive.predictors.simpleclick.SimpleClickPredictor`).
+
+RITM and SimpleClick encode image and clicks together: every click runs the whole network.
 
 All take ``device`` where a network is involved; the SAM family encodes each image once.
 

@@ -25,6 +25,10 @@ _REGISTRY: dict[str, PredictorFactory | str] = {
     "sam": "litseg.interactive.predictors.sam:SamClickPredictor",
     "sam2": "litseg.interactive.predictors.sam2:Sam2ClickPredictor",
     "grabcut": "litseg.interactive.predictors.classical:GrabCutPredictor",
+    "sam_hq": "litseg.interactive.predictors.sam_hq:SamHQClickPredictor",
+    "mobile_sam": "litseg.interactive.predictors.sam_hq:MobileSamClickPredictor",
+    "ritm": "litseg.interactive.predictors.ritm:RITMClickPredictor",
+    "simpleclick": "litseg.interactive.predictors.simpleclick:SimpleClickPredictor",
 }
 
 

@@ -95,15 +95,19 @@ class SamClickPredictor(ClickPredictor):
         # The same prompt-encoder / decoder calls as SamPredictor.predict_torch, but only the
         # chosen mask is upsampled to the image (a third of the postprocessing work).
         sparse, dense = self.model.prompt_encoder(points=(coords_t, labels_t), boxes=None, masks=self._prev_low_res)
+        chosen = self._decode(sparse, dense)
+        self._prev_low_res = chosen
+        logits = self.model.postprocess_masks(chosen, sp.input_size, sp.original_size)
+        return torch.sigmoid(logits[0, 0]).float().cpu().numpy()
+
+    def _decode(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """The mask decoder on the prompts: the 1 x 1 x h x w low-res logits of the highest-IoU mask of 3."""
         low_res, iou_pred = self.model.mask_decoder(
-            image_embeddings=sp.features,
+            image_embeddings=self.sam_predictor.features,
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=True,
         )
         best = int(iou_pred[0].argmax())
-        chosen = low_res[:, best : best + 1]
-        self._prev_low_res = chosen
-        logits = self.model.postprocess_masks(chosen, sp.input_size, sp.original_size)
-        return torch.sigmoid(logits[0, 0]).float().cpu().numpy()
+        return low_res[:, best : best + 1]

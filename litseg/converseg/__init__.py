@@ -1,0 +1,1 @@
+"""ConverSeg-Net (SAM2 prompted by a VLM's hidden states): checkpoint conversion and helpers."""
