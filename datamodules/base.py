@@ -133,7 +133,7 @@ class LitSegDataModule(LightningDataModule):
         Evaluation loaders (``shuffle=False``) use :class:`UnpaddedDistributedSampler` under DDP so
         each sample counts once. Training loaders with ``epoch_keys=True`` use
         :class:`EpochShuffleSampler` (the dataset must accept ``(index, epoch)`` keys); other
-        training loaders get Lightning's distributed sampler under DDP.
+        training loaders shuffle by ``(seed, epoch)`` through a ``DistributedSampler`` (also with one process).
         """
         sampler = None
         world, rank = self.world()
@@ -141,6 +141,12 @@ class LitSegDataModule(LightningDataModule):
             sampler = UnpaddedDistributedSampler(dataset, world, rank)
         elif shuffle and epoch_keys:
             sampler, shuffle = EpochShuffleSampler(dataset, self.seed, world, rank), False
+        elif shuffle:
+            # The order comes from (seed, epoch) (Lightning calls set_epoch), not from a generator's
+            # running state: a run resumed at epoch k reads epoch k's order, as the uninterrupted run did.
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
+                                         drop_last=drop_last)
+            shuffle = False
         return DataLoader(
             dataset,
             batch_size=batch_size or self.batch_size,

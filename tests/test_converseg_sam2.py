@@ -82,16 +82,22 @@ def test_feature_cache_is_exact_and_encodes_each_id_once(images, monkeypatch):
     monkeypatch.setattr(seg, "encode", lambda x: calls.append(x.shape[0]) or encode(x))
     first = seg.encode_cached(["a", "b"], batch[:2])
     second = seg.encode_cached(["b", "c"], batch[1:])  # only "c" is encoded
-    assert calls == [2, 1] and seg.cache_size == 3
+    assert calls == [1, 1, 1] and seg.cache_size == 3  # one image at a time, "b" only once
     assert all(t.device.type == "cpu" for entry in seg._cache.values() for t in entry)
-    # exact: the cache returns bit-identical copies of what encode gave for the batch that computed them
-    # (a different batch composition may change the last bits of the convolutions)
-    ab, c = encode(batch[:2]), encode(batch[2:])
-    expected = {"image_embed": torch.cat([ab["image_embed"][1:], c["image_embed"]]),
-                "high_res_feats": [torch.cat([x[1:], y]) for x, y in zip(ab["high_res_feats"], c["high_res_feats"])]}
+    # exact and batch-independent: each image's features are what encode gives for it alone
+    singles = [encode(batch[i:i + 1]) for i in range(3)]
+
+    def stacked(rows):
+        return {"image_embed": torch.cat([singles[i]["image_embed"] for i in rows]),
+                "high_res_feats": [torch.cat([singles[i]["high_res_feats"][lv] for i in rows])
+                                   for lv in range(len(singles[0]["high_res_feats"]))]}
+
+    ab, expected = stacked([0, 1]), stacked([1, 2])
     for got, want in ((first, ab), (second, expected)):
         assert torch.equal(got["image_embed"], want["image_embed"])
         assert all(torch.equal(a, b) for a, b in zip(got["high_res_feats"], want["high_res_feats"]))
+    uncached = Sam2Segmenter(seg.sam2, cache_features=False).encode_cached(["b", "c"], batch[1:])
+    assert torch.equal(uncached["image_embed"], second["image_embed"])  # the cache changes nothing
     sparse, dense = prompts(2, 5, 64)
     seg.eval()
     out_cached = seg.decode(second, sparse, None, dense, multimask=True)

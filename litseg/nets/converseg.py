@@ -129,21 +129,27 @@ class Sam2Segmenter(nn.Module):
     def encode_cached(self, ids: Sequence[Hashable], images: torch.Tensor) -> Features:
         """:meth:`encode` with each sample's features remembered under its id (CPU storage).
 
-        Only the samples not yet cached are encoded (one batch); without ``cache_features`` this is
-        :meth:`encode`. The result is on ``images``' device.
+        Every image is encoded on its own: convolution sums depend (in their last bits) on the batch
+        an image shares, so per-sample encoding makes features independent of batch composition: the
+        cache gives the same numbers as no cache, and a resumed run (other batches, empty cache) the
+        same as an uninterrupted one. The encoder is frozen, so this costs nothing after the first
+        epoch with the cache. The result is on ``images``' device.
         """
         if len(ids) != images.shape[0]:
             raise ValueError(f"{len(ids)} ids for {images.shape[0]} images")
         if not self.cache_features:
-            return self.encode(images)
-        missing = [i for i, key in enumerate(ids) if key not in self._cache]
-        if missing:
-            fresh = self.encode(images[missing])
+            parts = [self.encode(images[i:i + 1]) for i in range(images.shape[0])]
+            return {"image_embed": torch.cat([p["image_embed"] for p in parts]),
+                    "high_res_feats": [torch.cat([p["high_res_feats"][lv] for p in parts])
+                                       for lv in range(len(parts[0]["high_res_feats"]))]}
+        for index, key in enumerate(ids):
+            if key in self._cache:
+                continue
+            fresh = self.encode(images[index:index + 1])
             levels = [fresh["image_embed"], *fresh["high_res_feats"]]
-            for row, index in enumerate(missing):
-                dtype = self.cache_dtype or levels[0].dtype
-                # clone: a per-sample copy, not a view keeping the whole batch alive
-                self._cache[ids[index]] = tuple(lv[row].detach().to("cpu", dtype).clone() for lv in levels)
+            dtype = self.cache_dtype or levels[0].dtype
+            # clone: a per-sample copy, not a view
+            self._cache[key] = tuple(lv[0].detach().to("cpu", dtype).clone() for lv in levels)
         device, dtype = images.device, self.sam2.no_mem_embed.dtype
         stacked = [torch.stack([self._cache[key][lv] for key in ids]).to(device, dtype)
                    for lv in range(len(self._cache[ids[0]]))]
