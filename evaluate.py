@@ -43,7 +43,10 @@ def evaluate(args: list[str] | None = None) -> list[dict[str, Any]]:
     if cfg.ckpt_path:  # already loaded and checked against the config by the CLI, before building anything
         load_weights(model, cfg.ckpt_path, key="state_dict", checkpoint=cli.checkpoint)
     if cfg.split == "val":
-        # Run the validation split through the test loop so the method's test hooks fill its results.
+        # Run the validation split through the test loop so the method's test hooks fill its results
+        # (set up here: Lightning's test stage would only prepare the test split).
+        dm.trainer = trainer
+        dm.setup("validate")
         dm.test_dataloader = dm.val_dataloader
         dm.predict_dataloader = dm.val_dataloader
     trainer.test(model, datamodule=dm)

@@ -38,6 +38,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from callbacks.run_config import SECRET_KEY, RunConfigSaver, redact
 from litseg.checkpoint import load_checkpoint
 from litseg.io import ConfigError, DataError
+from litseg.wandb_guard import guard_wandb_loggers
 
 # Init arguments that may legitimately differ between a checkpoint and the config it resumes under:
 # weights loaded at construction are overwritten by the checkpoint's state anyway.
@@ -131,6 +132,8 @@ class LitSegCLI(LightningCLI):
             torch.set_num_threads(threads)
         apply_run_name(self._section().get("trainer"), self._section().get("run_name"))
         _redact_logger_configs(self._section().get("trainer"))
+        # W&B unreachable (no network, no key): go offline with a warning instead of failing or hanging.
+        guard_wandb_loggers(self._section().get("trainer"))
         # W&B records the command line in its run metadata: a key passed there must not reach it either.
         sys.argv[1:] = redact_argv(sys.argv[1:])
 
