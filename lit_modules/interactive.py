@@ -11,6 +11,20 @@ reports mIoU@1 and NSR@1.
 ``write_evaluation(DIR)`` writes ``per_click.csv``, ``summary.csv`` / ``summary.md`` and
 ``miou_vs_clicks.png`` (and logs the plot and table to W&B when the logger is W&B).
 
+Resuming: after ``model.resume_from(FOLDER)`` (``evaluate.py`` passes ``<output_dir>/partial``)
+each image's per-click rows are written, once all its instances are done, to
+``FOLDER/<dataset>/<image>.csv`` (atomically; floats at full ``repr`` precision, timings
+included). A restarted run with the same folder reads those rows instead of running the
+predictor on the image (per-image click RNG: results do not depend on which images ran
+before), so a killed evaluation ends with the same ``per_click.csv`` and summary as an
+uninterrupted one. ``FOLDER/settings.json`` records what determines the rows (predictor and
+its arguments, strategy and its arguments, ``max_clicks``, ``seed``, the content hash of
+``user_clicks``); a run with other settings stops with an error naming the folder and each
+differing setting. There is no "overwrite" switch: delete the folder (or choose another
+output folder) to start afresh. The IoU / NoF thresholds are not part of it: the summary is
+recomputed from the rows, so they may change between runs. The folder is kept after a
+finished run (evaluating again with it only re-reads the rows).
+
 Under DDP every rank evaluates a disjoint share of the images (no padding), the curves are
 gathered by the metric and the per-click rows with ``all_gather_object``; the results
 equal a single-process run. Use ``strategy: ddp`` (as ``configs/trainer/ddp_cpu.yaml``):
@@ -19,6 +33,9 @@ with ``ddp_spawn`` the results stay in the spawned workers.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,10 +46,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lit_modules.base import LitSegModule
 from litseg.distributed import gather_objects, gather_rows
 from litseg.interactive.clicker import ClickStrategy, ReplayClicks, build_strategy
-from litseg.interactive.episode import ClickRecord, iou_curve, run_episode
+from litseg.interactive.episode import ClickRecord, run_episode
 from litseg.interactive.predictors import build_predictor
 from litseg.interactive.types import InteractivePredictor
-from litseg.io import DataError, raise_problems, write_table
+from litseg.io import DataError, raise_problems, read_csv_rows, read_json, write_json, write_table
 from litseg.metrics.noc import NoCMetric, instance_id, threshold_label
 from litseg.metrics.robustness import nsr
 from litseg.plots import line_plot
@@ -47,6 +64,12 @@ from litseg.readers.ritm import DATASETS
 from litseg.seeding import item_rng
 
 SUMMARY_MIOU_AT = (1, 5, 10, 20)
+PARTIAL_FORMAT = "litseg-interactive-partial"
+PARTIAL_VERSION = 1
+# Columns of a per-click row (per_click.csv, the partial files), by value type.
+_INT_COLUMNS = frozenset({"instance", "episode", "k", "source_line"})
+_OPTIONAL_INT_COLUMNS = frozenset({"click_x", "click_y"})  # "" when the user had stopped
+_FLOAT_COLUMNS = frozenset({"iou", "seconds"})
 
 
 class InteractiveBenchmark(LitSegModule):
@@ -120,6 +143,92 @@ class InteractiveBenchmark(LitSegModule):
         self.miou_curves: dict[str, list[float]] = {}
         self._user_first_clicks: dict[tuple[str, str], list[UserClick]] = {}
         self._without_clicks: dict[str, int] = {}
+        # Resuming (see resume_from): the folder of per-image partial results, or None.
+        self.partial_dir: Path | None = None
+        self._resumed: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ resuming
+    def resume_from(self, folder: str | os.PathLike[str] | None) -> None:
+        """Keep per-image results in ``folder`` and reuse those found there (None: off).
+
+        Call before ``trainer.test``. Each image's click rows go to ``folder/<dataset>/<image>.csv``
+        when all its instances are done; a later run with the same folder and settings loads them
+        instead of running the predictor (see the module docstring).
+        """
+        self.partial_dir = None if folder is None else Path(folder)
+
+    def partial_settings(self) -> dict[str, Any]:
+        """What determines the per-click rows, as stored in ``settings.json`` (JSON-normalised)."""
+        clicks_hash = None
+        if self.user_clicks is not None:
+            clicks_hash = hashlib.sha256(Path(self.user_clicks).read_bytes()).hexdigest()
+        settings = {
+            "format": PARTIAL_FORMAT, "version": PARTIAL_VERSION,
+            "predictor": self.predictor_name, "predictor_args": self.predictor_args,
+            "strategy": self.strategy_name, "strategy_args": self.strategy_args,
+            "max_clicks": self.max_clicks, "seed": self.seed, "user_clicks_sha256": clicks_hash,
+        }
+        return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+    def _prepare_partial(self, folder: Path) -> None:
+        """Check ``folder/settings.json`` against this run's settings, or write it (every rank: the
+        write is atomic and the content the same)."""
+        path = folder / "settings.json"
+        want = self.partial_settings()
+        if not path.is_file():
+            write_json(path, want)
+            return
+        have = read_json(path)
+        if not isinstance(have, dict):
+            raise DataError(path, "not a settings object; delete the folder to start afresh")
+        differ = [key for key in sorted(set(want) | set(have)) if want.get(key) != have.get(key)]
+        if differ:
+            details = "; ".join(f"{key}: {have.get(key)!r} there, {want.get(key)!r} in this run" for key in differ)
+            raise DataError(folder, f"partial results of an evaluation with other settings ({details}). Delete "
+                                    "the folder or choose another output folder to start afresh, or restore "
+                                    "the settings to resume")
+
+    def _row_columns(self) -> list[str]:
+        base = ["dataset", "image", "instance", "episode"]
+        if self.user_mode:
+            base += ["device", "source_line"]
+        return base + ["k", "click_x", "click_y", "sign", "iou", "seconds"]
+
+    def _partial_path(self, dataset: str, stem: str) -> Path:
+        assert self.partial_dir is not None
+        return self.partial_dir / dataset / f"{stem}.csv"
+
+    def _load_partial(self, dataset: str, stem: str, instance_ids: list[int]) -> list[dict[str, Any]] | None:
+        """The image's rows from an earlier run, typed as when computed; None when not written yet."""
+        if self.partial_dir is None:
+            return None
+        path = self._partial_path(dataset, stem)
+        if not path.is_file():
+            return None
+        columns = self._row_columns()
+        rows = []
+        for raw in read_csv_rows(path, columns):
+            if list(raw)[:-1] != columns:  # read_csv_rows appends "_line"
+                raise DataError(path, f"header {list(raw)[:-1]} is not {columns}; delete the file to re-evaluate "
+                                      "the image")
+            try:
+                rows.append({c: _parse_cell(c, raw[c]) for c in columns})
+            except ValueError as err:
+                raise DataError(path, f"line {raw['_line']}: {err}; delete the file to re-evaluate the image") \
+                    from None
+        found = [(r["instance"], r["episode"], r["k"]) for r in rows]
+        if self.user_mode:  # 1-click episodes of some of the instances
+            fits = all(k == 1 and i in instance_ids for i, _, k in found)
+        else:
+            fits = found == [(i, 0, k) for i in instance_ids for k in range(1, self.max_clicks + 1)]
+        if not fits or any(r["dataset"] != dataset or r["image"] != stem for r in rows):
+            raise DataError(path, f"rows do not match the image's instances {instance_ids} "
+                                  f"({self.max_clicks} clicks each); delete the file to re-evaluate the image")
+        return rows
+
+    def _save_partial(self, dataset: str, stem: str, rows: list[dict[str, Any]]) -> None:
+        if self.partial_dir is not None:
+            write_table(rows, self._partial_path(dataset, stem), columns=self._row_columns())
 
     # ------------------------------------------------------------------ building
     def build_predictor(self) -> InteractivePredictor:
@@ -151,6 +260,8 @@ class InteractiveBenchmark(LitSegModule):
             self.strategy = build_strategy("clickability", **self.strategy_args)
         elif self.strategy_name == "baseline":
             self.strategy = build_strategy("baseline", **self.strategy_args)
+        if self.partial_dir is not None:
+            self._prepare_partial(self.partial_dir)  # before loading the predictor: a mismatch stops at once
         self.predictor = self.build_predictor()
 
     def _match_user_clicks(self, datamodule: Any) -> dict[tuple[str, str], list[UserClick]]:
@@ -192,30 +303,52 @@ class InteractiveBenchmark(LitSegModule):
             metric.reset()
         self.click_rows = []
         self._without_clicks = dict.fromkeys(self.dataset_names, 0)
+        self._resumed = dict.fromkeys(self.dataset_names, 0)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        dataset, stem, instance_ids = batch["dataset"], batch["image_stem"], list(batch["instance_ids"])
+        if self.user_mode:  # RClicks evaluates only instances with real clicks
+            self._without_clicks[dataset] += sum(
+                not self._clicks_of(dataset, instance_key(stem, inst, len(instance_ids))) for inst in instance_ids)
+        rows = self._load_partial(dataset, stem, instance_ids)
+        if rows is None:
+            rows = self._run_image(batch)
+            self._save_partial(dataset, stem, rows)  # only once every instance of the image is done
+        else:
+            self._resumed[dataset] += 1
+        self.click_rows.extend(rows)
+        if not self.user_mode:
+            assert self.strategy is not None
+            for inst in instance_ids:
+                curve = np.array([r["iou"] for r in rows if r["instance"] == inst], dtype=np.float64)  # k order
+                self.noc_metrics[dataset].update(curve, instance_id(dataset, stem, inst), self.strategy.group)
+
+    def _run_image(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """The per-click rows of every instance of one image, from the predictor."""
         assert self.predictor is not None
         dataset, stem, image, ignore = batch["dataset"], batch["image_stem"], batch["image"], batch["ignore"]
         rng = item_rng(self.seed, dataset, stem)  # reset per image: independent of order and rank
         self.predictor.set_image(image)  # encoded once for all instances and clicks
         n_instances = len(batch["instance_ids"])
+        rows: list[dict[str, Any]] = []
         for inst, gt in zip(batch["instance_ids"], batch["instances"], strict=True):
             base = {"dataset": dataset, "image": stem, "instance": inst}
             if self.user_mode:
-                self._user_episodes(base, image, gt, ignore, rng, instance_key(stem, inst, n_instances))
+                rows += self._user_episodes(base, image, gt, ignore, rng, instance_key(stem, inst, n_instances))
                 continue
             assert self.strategy is not None
             records = run_episode(self.predictor, image, gt, ignore, self.strategy, rng, self.max_clicks)
-            self.noc_metrics[dataset].update(iou_curve(records), instance_id(dataset, stem, inst), self.strategy.group)
-            self.click_rows.extend(_click_rows(base | {"episode": 0}, records))
+            rows += _click_rows(base | {"episode": 0}, records)
+        return rows
+
+    def _clicks_of(self, dataset: str, key: str) -> list[UserClick]:
+        return self._user_first_clicks.get((DATASETS[dataset].clicks_name, key), [])
 
     def _user_episodes(self, base: dict[str, Any], image: np.ndarray, gt: np.ndarray, ignore: np.ndarray,
-                       rng: np.random.Generator, key: str) -> None:
+                       rng: np.random.Generator, key: str) -> list[dict[str, Any]]:
         """Each real first click of the instance as its own fresh 1-click positive episode."""
-        clicks = self._user_first_clicks.get((DATASETS[base["dataset"]].clicks_name, key), [])
-        if not clicks:
-            self._without_clicks[base["dataset"]] += 1  # RClicks evaluates only instances with real clicks
-            return
+        rows: list[dict[str, Any]] = []
+        clicks = self._clicks_of(base["dataset"], key)
         height, width = gt.shape
         for episode, click in enumerate(clicks):
             if self.strategy_name == "sample":  # as many sampled first clicks as real users
@@ -226,11 +359,15 @@ class InteractiveBenchmark(LitSegModule):
                 records = run_episode(self.predictor, image, gt, ignore, ReplayClicks([(y, x, True)]), rng,
                                       max_clicks=1)
             extra = {"episode": episode, "device": click.device, "source_line": click.line}
-            self.click_rows.extend(_click_rows(base | extra, records))
+            rows += _click_rows(base | extra, records)
+        return rows
 
     def on_test_epoch_end(self) -> None:
         self.click_rows = self._gather_rows(self.click_rows)
         self._without_clicks = self._gather_counts(self._without_clicks)
+        if self.partial_dir is not None:
+            resumed = sum(self._gather_counts(self._resumed).values())
+            rank_zero_info(f"{self.partial_dir}: {resumed} image(s) taken from earlier partial results")
         self.evaluation_rows = []
         self.miou_curves = {}
         for name in self.dataset_names:
@@ -296,6 +433,15 @@ class InteractiveBenchmark(LitSegModule):
                   title=f"{self.predictor_name}, {self.strategy_name} clicks", ylim=(0.0, 1.0), integer_x=True)
         self.log_report("interactive", self.evaluation_rows, {"miou_vs_clicks": plot_path})
         return self.evaluation_rows
+
+
+def _parse_cell(column: str, text: str) -> Any:
+    """A per-click CSV cell back as the value written (ints, floats exactly: CSV holds their repr)."""
+    if column in _INT_COLUMNS or (column in _OPTIONAL_INT_COLUMNS and text != ""):
+        return int(text)
+    if column in _FLOAT_COLUMNS:
+        return float(text)
+    return text
 
 
 def _click_rows(base: dict[str, Any], records: list[ClickRecord]) -> list[dict[str, Any]]:
