@@ -48,8 +48,9 @@ from litseg.distributed import gather_objects, gather_rows
 from litseg.interactive.clicker import ClickStrategy, ReplayClicks, build_strategy
 from litseg.interactive.episode import ClickRecord, run_episode
 from litseg.interactive.predictors import build_predictor
+from litseg.interactive.predictors.base import predictor_factory
 from litseg.interactive.types import InteractivePredictor
-from litseg.io import DataError, raise_problems, read_csv_rows, read_json, write_json, write_table
+from litseg.io import ConfigError, DataError, raise_problems, read_csv_rows, read_json, write_json, write_table
 from litseg.metrics.noc import NoCMetric, instance_id, threshold_label
 from litseg.metrics.robustness import nsr
 from litseg.plots import line_plot
@@ -123,6 +124,10 @@ class InteractiveBenchmark(LitSegModule):
             raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
         if (strategy in ("user", "sample")) != (user_clicks is not None):
             raise ValueError("strategies 'user' / 'sample' and user_clicks go together: set both or neither")
+        try:
+            predictor_factory(predictor)  # an unknown name stops here, not after the data is read
+        except ValueError as err:
+            raise ConfigError("model.init_args.predictor", str(err)) from None
         self.predictor_name = predictor
         self.predictor_args = dict(predictor_args or {})
         self.strategy_name = strategy

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -70,7 +70,8 @@ class SemSeg(LitSegModule):
     def __init__(
         self,
         num_known: int = 20,
-        backbone_name: str = "resnet50",
+        backbone_name: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                               "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"] = "resnet50",
         backbone_weights: str | None = None,
         min_size: list[int] | None = None,
         max_size: int = 1333,

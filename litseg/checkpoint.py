@@ -26,7 +26,11 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise DataError(path, f"cannot load checkpoint with weights_only=True ({type(err).__name__}: {err})") from err
+        # torch's own text is a paragraph of advice about weights_only=False (not an option here):
+        # keep its first sentence; the whole error stays chained for --debug.
+        reason = str(err).strip().split("\n")[0].split(". ")[0][:160]
+        raise DataError(path, f"not a readable checkpoint: torch.load(weights_only=True) failed "
+                              f"({type(err).__name__}: {reason})") from err
     if not isinstance(obj, Mapping):
         raise DataError(path, f"expected a dict-like checkpoint, got {type(obj).__name__}")
     return dict(obj)

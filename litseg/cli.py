@@ -455,10 +455,12 @@ def _failing_init(err: BaseException) -> tuple[object, str] | None:
 def explain_init_error(err: BaseException, argv: Sequence[str]) -> str | None:
     """A ``ValueError`` from a module's ``__init__``: name the file and the init argument it is about."""
     inner: BaseException = err
-    while inner.__cause__ is not None and not isinstance(inner, DataError):
+    while inner.__cause__ is not None and not isinstance(inner, (DataError, ConfigError)):
         inner = inner.__cause__
     if isinstance(inner, DataError):
         return str(inner)
+    if isinstance(inner, ConfigError):  # already names its key: add where it was set
+        return f"{inner.source or locate_key(argv, inner.key)}: {inner.key}: {inner.problem}"
     if not isinstance(inner, (ValueError, MisconfigurationException)):
         return None
     found = _failing_init(inner)

@@ -258,7 +258,7 @@ def test_sam_checkpoint_round_trip_and_errors(noise_image, sam_model, tmp_path):
         build_predictor("sam", model_type="vit_b", checkpoint=str(missing))
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match=f"{corrupt}: cannot load checkpoint"):
+    with pytest.raises(DataError, match=f"{corrupt}: not a readable checkpoint"):
         build_predictor("sam", model=tiny_sam(), checkpoint=str(corrupt))
     wrong = tmp_path / "wrong.pth"
     torch.save({"foo.weight": torch.zeros(2)}, wrong)

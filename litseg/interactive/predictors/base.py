@@ -65,20 +65,23 @@ def _import_factory(spec: str) -> PredictorFactory:
         raise ValueError(f"module {module_name!r} has no attribute {attr!r} (predictor {spec!r})") from None
 
 
-def build_predictor(name: str, **kwargs: Any) -> InteractivePredictor:
-    """Build a registered predictor by name, or any factory given as ``"package.module:Factory"``."""
+def predictor_factory(name: str) -> PredictorFactory:
+    """The factory of a registered predictor name or of an import string ``"package.module:Factory"``;
+    an unknown name lists the known ones (checked when the benchmark is configured, before any data)."""
     if name in _REGISTRY:
         factory = _REGISTRY[name]
-        if isinstance(factory, str):
-            factory = _import_factory(factory)
-    elif ":" in name or "." in name:
-        factory = _import_factory(name)
-    else:
-        raise ValueError(
-            f"unknown predictor {name!r}; known: {', '.join(available_predictors())} "
-            "(or give an import string 'package.module:Factory')"
-        )
-    predictor = factory(**kwargs)
+        return _import_factory(factory) if isinstance(factory, str) else factory
+    if ":" in name or "." in name:
+        return _import_factory(name)
+    raise ValueError(
+        f"unknown predictor {name!r}; known: {', '.join(available_predictors())} "
+        "(or give an import string 'package.module:Factory')"
+    )
+
+
+def build_predictor(name: str, **kwargs: Any) -> InteractivePredictor:
+    """Build a registered predictor by name, or any factory given as ``"package.module:Factory"``."""
+    predictor = predictor_factory(name)(**kwargs)
     if not isinstance(predictor, InteractivePredictor):
         raise TypeError(
             f"predictor {name!r} built a {type(predictor).__name__}, which lacks the InteractivePredictor "
