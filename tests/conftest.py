@@ -42,3 +42,6 @@ def _restore_torch_global_state():
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()  # an active run would be picked up by the next test's WandbLogger

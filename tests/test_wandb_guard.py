@@ -180,6 +180,7 @@ def test_wandb_preset_without_key_or_network_fits_offline(tmp_path, closed_port_
     import wandb
     from lightning.pytorch.loggers import WandbLogger
 
+    wandb.finish()  # a run left active by an earlier test would be reused by WandbLogger (and its folder)
     save_dir = tmp_path / "runs"
     with pytest.warns(UserWarning, match="W&B unreachable"):
         cli = GuardedCLI(args=["--config", str(REPO / "configs/weak_unet/points.yaml"),
