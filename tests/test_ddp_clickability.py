@@ -7,8 +7,8 @@ import csv
 
 import pytest
 
-from tests import fakes
 from tests.helpers import REPO, run_script
+from tests.test_recipes import rclicks_args
 
 pytestmark = pytest.mark.slow  # two evaluate.py processes, one of them 2-rank DDP (~45 s); CI runs it
 
@@ -21,18 +21,9 @@ def _rows(path):
 def test_two_process_clickability_evaluation_equals_one_process(tmp_path):
     recipe = REPO / "configs/rclicks/train_clickability.yaml"
     # 5 fake GrabCut images with synthetic clicks, 3 val stems = the test split: ranks get 2 and 1 (unpadded)
-    fakes.tiny_ritm(tmp_path / "data", "GrabCut", n=5, size=(48, 56))
-    c = fakes.write_synthetic_clicks(tmp_path / "data", "GrabCut", tmp_path / "clicks", clicks_per_stem=3,
-                                     val_fraction=0.6)
-    val = c["val_list"].read_text().split()
-    assert len(val) % 2 == 1
-    args = ["--data.init_args.root", str(tmp_path / "data"), "--data.init_args.clicks", str(c["clicks"]),
-            "--data.init_args.previous_masks", str(c["previous_masks"]),
-            "--data.init_args.train_list", str(c["train_list"]), "--data.init_args.val_list", str(c["val_list"]),
-            "--data.init_args.cache_dir", str(tmp_path / "cache"), "--data.init_args.num_workers", "0",
-            "--data.init_args.batch_size", "2", "--data.init_args.input_size", "64",
-            "--model.init_args.decoder_channels", "16", "--model.init_args.pretrained", "false",
-            "--model.init_args.eval_draws", "2"]
+    args = rclicks_args(recipe, tmp_path, n=5, val_fraction=0.6)
+    val_list = args[args.index("--data.init_args.val_list") + 1]
+    assert len(open(val_list).read().split()) % 2 == 1
     common = ["evaluate.py", "--config", str(recipe), *args, "--split", "test", "--trainer.logger", "false",
               "--trainer.default_root_dir", str(tmp_path / "run")]
     run_script([*common, "--output_dir", str(tmp_path / "one")])

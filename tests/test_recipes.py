@@ -49,13 +49,13 @@ def weak_unet_args(recipe: Path, tmp_path: Path) -> list[str]:
             "--data.init_args.num_workers", "0"]
 
 
-def rclicks_args(recipe: Path, tmp_path: Path) -> list[str]:
+def rclicks_args(recipe: Path, tmp_path: Path, n: int = 4, val_fraction: float = 0.5) -> list[str]:
     # The recipe's own dataset layout (GrabCut for the demo, TETRIS's RGB ids for the full recipe), faked,
     # with synthetic clicks; random-init backbone, 64 px input, 16 decoder channels.
     dataset = read_recipe(recipe)["data"]["init_args"]["dataset"]
-    fakes.tiny_ritm(tmp_path / "data", dataset, n=4, size=(48, 56))
+    fakes.tiny_ritm(tmp_path / "data", dataset, n=n, size=(48, 56))
     c = fakes.write_synthetic_clicks(tmp_path / "data", dataset, tmp_path / "clicks", clicks_per_stem=3,
-                                     val_fraction=0.5)
+                                     val_fraction=val_fraction)
     return ["--data.init_args.root", str(tmp_path / "data"), "--data.init_args.clicks", str(c["clicks"]),
             "--data.init_args.previous_masks", str(c["previous_masks"]),
             "--data.init_args.train_list", str(c["train_list"]), "--data.init_args.val_list", str(c["val_list"]),
