@@ -271,7 +271,9 @@ def _keep_metrics_up_to(logger: CSVLogger, ckpt: Mapping[str, Any]) -> None:
     def before_checkpoint(row: dict[str, str]) -> bool:
         if row.get("epoch"):
             return int(float(row["epoch"])) <= epoch
-        return bool(row.get("step")) and int(float(row["step"])) <= step
+        # Rows without an epoch come from callbacks logging directly (LearningRateMonitor at the start of
+        # a batch): one at step == global_step belongs to the first batch after the checkpoint.
+        return bool(row.get("step")) and int(float(row["step"])) < step
 
     kept = [row for row in rows if before_checkpoint(row)]
     writer = logger.experiment  # creating the writer removes the old file ...
