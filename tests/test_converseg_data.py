@@ -279,3 +279,36 @@ def test_in_memory_samples_and_make_item_at_small_size():
     bad = Sample(id="b", image=image, mask=mask[:20], prompt="p", where="row 1")
     with pytest.raises(DataError, match="mask size 40x20 does not match"):
         make_item(bad)
+
+
+def test_hf_parquet_dataset_reads_images_masks_from_bytes_and_alpha(tmp_path):
+    # The layout of a Hugging Face dataset repository snapshot: data/<split>-00000-of-00001.parquet with
+    # image / mask as {"bytes", "path"} structs (masks RGBA, foreground in alpha).
+    import io as _io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from litseg.readers.converseg import read_hf_dataset
+
+    def png(array: np.ndarray) -> bytes:
+        buf = _io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG")
+        return buf.getvalue()
+
+    image = np.full((6, 8, 3), 120, np.uint8)
+    mask = np.zeros((6, 8, 4), np.uint8)
+    mask[1:4, 2:6, 3] = 255  # alpha only: RGB stays black
+    rows = {"id": ["a", "b"], "prompt": ["the mug", ""], "concept": ["affordances", "spatial"],
+            "image": [{"bytes": png(image), "path": "a.png"}] * 2, "mask": [{"bytes": png(mask), "path": "m.png"}] * 2}
+    (tmp_path / "data").mkdir()
+    for split in ("human_annotated", "sam_seeded"):
+        pq.write_table(pa.table(rows), tmp_path / "data" / f"{split}-00000-of-00001.parquet")
+    samples = read_hf_dataset(tmp_path)
+    assert [s.split for s in samples] == ["sam_seeded", "sam_seeded", "human_annotated", "human_annotated"]
+    assert samples[1].prompt == "segment" and samples[1].prompt_was_empty
+    from litseg.readers.converseg import read_pair
+
+    img, m = read_pair(samples[0])
+    assert img.shape == (6, 8, 3) and m.sum() == 12 and m[1:4, 2:6].all()
