@@ -224,7 +224,12 @@ def test_few_sgd_steps_lower_the_losses():
             return {k: v.item() for k, v in net(images, targets).items()}
 
     before = measure()
-    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=3e-4, momentum=0.9)
+    # The OLN RPN starts on a plateau: N(0, 0.01) deltas on L2-normalised features decode to near-point
+    # boxes whose IoU-loss gradient is tiny, so at 3e-4 loss_rpn_loc moves by ~1e-6 in 10 steps. Its own,
+    # larger lr (a freshly initialised head) makes every term's descent visible; 0.5 overshoots the rest.
+    rpn = [p for n, p in net.named_parameters() if p.requires_grad and n.startswith("rpn.")]
+    rest = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("rpn.")]
+    opt = torch.optim.SGD([{"params": rpn, "lr": 0.2}, {"params": rest, "lr": 3e-4}], momentum=0.9)
     for step in range(10):
         torch.manual_seed(step)
         loss = sum(net(images, targets).values())
@@ -233,11 +238,9 @@ def test_few_sgd_steps_lower_the_losses():
         opt.step()
     after = measure()
     assert sum(after.values()) < sum(before.values()) - 0.1
-    for key in LOSS_KEYS - {"loss_rpn_loc"}:
+    for key in LOSS_KEYS:  # every term of the loss falls
         assert after[key] < before[key], (key, before[key], after[key])
-    # loss_rpn_loc starts on a plateau: N(0, 0.01) deltas on L2-normalised features decode to near-point boxes,
-    # whose IoU gradient is tiny, so in 10 steps it only moves by ~1e-6 (its descent is shown by hand above).
-    assert after["loss_rpn_loc"] <= before["loss_rpn_loc"] + 1e-4
+    assert after["loss_rpn_loc"] < before["loss_rpn_loc"] - 1e-3
 
 
 def test_eval_returns_open_set_detections_with_pasted_masks():
