@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import WandbLogger
 
 from litseg.checkpoint import load_weights
-from litseg.io import write_table
+from litseg.io import write_png, write_table
 from litseg.seeding import item_rng
 
 
@@ -183,6 +183,17 @@ class LitSegModule(LightningModule):
         write_table(self.evaluation_rows, output_dir / "results.csv", output_dir / "results.md")
         self.log_report("test", self.evaluation_rows)
         return self.evaluation_rows
+
+    @staticmethod
+    def write_pictures(folder: Path, pictures: list[tuple[str, Any]], tag: str) -> dict[str, Path]:
+        """Write ``(name, RGB array)`` pairs as ``folder/<name>.png``; returns ``{"<tag>/<name>": path}``
+        for :meth:`log_report`."""
+        written = {}
+        for name, picture in pictures:
+            path = Path(folder) / f"{name}.png"
+            write_png(path, picture)
+            written[f"{tag}/{name}"] = path
+        return written
 
     def log_report(self, prefix: str, rows: list[dict[str, Any]], images: dict[str, Path] | None = None) -> None:
         """Log a results table (``<prefix>/summary``) and figures (``<prefix>/<name>``) to every W&B logger."""

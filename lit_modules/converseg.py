@@ -233,10 +233,7 @@ class ConverSeg(LitSegModule):
         output_dir = Path(output_dir)
         write_table(self.evaluation_rows, output_dir / "results.csv", output_dir / "results.md")
         write_table(self.sample_rows, output_dir / "per_sample.csv")
-        images = {}
-        for key, picture in self.panels:
-            write_png(output_dir / "panels" / f"{key}.png", picture)
-            images[f"panel/{key}"] = output_dir / "panels" / f"{key}.png"
+        images = self.write_pictures(output_dir / "panels", self.panels, "panel")
         self.log_report("converseg", self.evaluation_rows, images)
         return self.evaluation_rows
 

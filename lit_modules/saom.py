@@ -342,11 +342,8 @@ class SAOM(LitSegModule):
         output_dir = Path(output_dir)
         write_table(self.evaluation_rows, output_dir / "summary.csv", output_dir / "summary.md")
         write_table(self.per_class_rows, output_dir / "per_class.csv", output_dir / "per_class.md")
-        images = {}
-        for key, picture in self._overlays:
-            name = Path(key).stem
-            write_png(output_dir / "overlays" / f"{name}.png", picture)
-            images[f"everything/{name}"] = output_dir / "overlays" / f"{name}.png"
+        images = self.write_pictures(output_dir / "overlays", [(Path(k).stem, p) for k, p in self._overlays],
+                                     "everything")
         self.log_report("saom", self.evaluation_rows, images)
         self.log_report("saom_per_class", self.per_class_rows)
         return self.evaluation_rows

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from lit_modules.base import LitSegModule
-from litseg.io import ConfigError, write_json, write_png, write_table
+from litseg.io import ConfigError, write_json, write_table
 from litseg.metrics.open_set import OpenSetCocoMetric, evaluate_open_set, read_detections
 from litseg.nets.semseg import SemSegNet
 from litseg.nets.semseg_heads import PostprocessConfig
@@ -230,10 +230,7 @@ class SemSeg(LitSegModule):
             write_table([{"from": float(a), "to": float(b), "detections": int(c)}
                          for a, b, c in zip(edges[:-1], edges[1:], counts, strict=True)],
                         output_dir / "prototype_distance.csv")
-        images = {}
-        for name, picture in self._overlays:
-            write_png(output_dir / "overlays" / f"{name}.png", picture)
-            images[f"overlay/{name}"] = output_dir / "overlays" / f"{name}.png"
+        images = self.write_pictures(output_dir / "overlays", self._overlays, "overlay")
         self.log_report("semseg", self.evaluation_rows, images)
         return self.evaluation_rows
 
